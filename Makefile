@@ -1,0 +1,54 @@
+# Two entry points on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(EXTRAS)
+EXTRAS ?= serve
+
+export SEALSERVE_DATA_DIR ?= ./.sealserve
+
+.PHONY: run test check lint types protos install install-test clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[serve]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-serve
+
+install: $(VENV)/.installed-serve
+install-test: $(VENV)/.installed-test
+
+## run: install, initialise the data directory once, start the server
+run: install
+	$(BIN)/sealserve init --if-missing
+	$(BIN)/sealserve serve
+
+## test: install with test extras and run the whole suite
+test: install-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+types: install-test
+	$(BIN)/mypy server auth storage compress
+
+check: lint types test
+
+## protos: regenerate the committed gRPC stubs from protos/*.proto
+protos: install-test
+	$(BIN)/python -m protos.generate
+
+bench: install-test
+	$(BIN)/python bench/seal.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
