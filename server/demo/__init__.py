@@ -1,0 +1,1 @@
+"""The demo model (``digits.tflite``), shipped as package data; see README.md."""
