@@ -1,0 +1,1 @@
+"""Envelope encryption: master key → tenant keys → data keys → model segments."""
