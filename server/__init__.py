@@ -1,0 +1,1 @@
+"""The sealserve gateway, workers and CLI: everything that composes the siblings."""

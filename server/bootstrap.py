@@ -1,0 +1,100 @@
+"""The composition root: builds every long-lived object from the settings once.
+
+Nothing else constructs engines, key rings or registries, so tests, the CLI
+and the server all wire the system the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from server import schema
+from server.errors import StartupError
+from storage import MasterKeyRing, Registry, make_engine, make_session_factory
+from storage.crypto.master import (
+    MasterKey,
+    MasterKeyError,
+    create_master_key_file,
+    load_master_key_file,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from server.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Container:
+    """The long-lived objects one process shares."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    master_keys: MasterKeyRing
+    registry: Registry
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.engine.dispose()
+
+
+def load_master_keys(settings: Settings, *, create: bool) -> MasterKeyRing:
+    """Find the master key: the variable, else the key file.
+
+    In development a missing key file is generated (mode 0600) when
+    ``create`` is set; in production a missing or group/world-readable file is
+    a start-up error, never silently fixed.
+    """
+    try:
+        if settings.master_key is not None:
+            return MasterKeyRing(
+                MasterKey.from_base64(
+                    settings.master_key.get_secret_value(), source="SEALSERVE_MASTER_KEY"
+                )
+            )
+        path = settings.resolved_master_key_file
+        production = settings.env == "production"
+        if not path.exists() and create and not production:
+            key = create_master_key_file(path)
+            log.warning("generated a new master key", path=str(path), key_id=key.key_id)
+            return MasterKeyRing(key)
+        return MasterKeyRing(load_master_key_file(path, require_private=production))
+    except MasterKeyError as exc:
+        raise StartupError(exc.message) from None
+
+
+def ensure_schema(engine: Engine, settings: Settings) -> None:
+    """Development upgrades the schema; production refuses to run on an old one."""
+    if settings.env == "development":
+        schema.upgrade(engine)
+        return
+    if not schema.is_current(engine):
+        current = schema.current_revision(engine) or "empty"
+        msg = (
+            f"database schema is at {current}, the code needs {schema.head_revision(engine)}; "
+            "run: sealserve db upgrade"
+        )
+        raise StartupError(msg)
+
+
+def build_container(settings: Settings, *, create_keys: bool = False) -> Container:
+    """Wire the engine, sessions, key ring and registry for ``settings``."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    master_keys = load_master_keys(settings, create=create_keys)
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_session_factory(engine)
+    registry = Registry(session_factory=sessions, master_keys=master_keys)
+    return Container(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        master_keys=master_keys,
+        registry=registry,
+    )

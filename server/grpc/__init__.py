@@ -1,0 +1,1 @@
+"""The gRPC adapter (grpc.aio): protobuf in, service calls, protobuf out."""

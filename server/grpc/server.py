@@ -1,0 +1,67 @@
+"""The gRPC server factory and its health reporting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from starlette.concurrency import run_in_threadpool
+
+if TYPE_CHECKING:
+    from server.service.health import HealthService
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GrpcGateway:
+    """A ``grpc.aio`` server plus the task that keeps its health status current."""
+
+    def __init__(self, *, health_service: HealthService, poll_seconds: float = 2.0) -> None:
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ]
+        )
+        self._health_service = health_service
+        self._poll_seconds = poll_seconds
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._task: asyncio.Task[None] | None = None
+
+    def bind(self, address: str) -> int:
+        """Listen on ``address`` (``host:port``; port 0 picks one) and return the port."""
+        port = int(self.server.add_insecure_port(address))
+        if port == 0:
+            msg = f"cannot listen for gRPC on {address}"
+            raise OSError(msg)
+        return port
+
+    async def start(self) -> None:
+        """Start serving and reporting health."""
+        await self._refresh_health()
+        await self.server.start()
+        self._task = asyncio.create_task(self._poll_health())
+
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, let in-flight calls finish for ``grace`` seconds, stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+    async def _refresh_health(self) -> None:
+        ready = await run_in_threadpool(self._health_service.ready)
+        await self.health.set("", SERVING if ready else NOT_SERVING)
+
+    async def _poll_health(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_seconds)
+            await self._refresh_health()

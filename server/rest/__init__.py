@@ -1,0 +1,1 @@
+"""The REST adapter (FastAPI): HTTP in, service calls, HTTP out."""

@@ -1,0 +1,102 @@
+"""The one REST exception handler: every error leaves through ``server.status``."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from server.status import ERROR_TABLE, public_message, spec_for
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
+
+log = structlog.get_logger(__name__)
+
+
+def error_response(
+    request: Request, *, status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The error body every route uses: ``{"error", "code", "request_id"}``.
+
+    ``error`` stays a plain string because that is what Open Inference
+    Protocol and TF Serving clients read.
+    """
+    body = {
+        "error": message,
+        "code": code,
+        "request_id": request.scope.get("state", {}).get("request_id"),
+    }
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    return f"invalid request: {where or 'body'}: {first.get('msg', 'malformed')}"
+
+
+async def _handle_error(request: Request, exc: Exception) -> Response:
+    spec = spec_for(exc)
+    if not spec.expose_message:
+        log.error(
+            "unhandled error",
+            error_type=type(exc).__name__,
+            detail=getattr(exc, "detail", None),
+            exc_info=exc,
+        )
+    headers: dict[str, str] = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(retry_after)))
+    headers.update(getattr(exc, "headers", None) or {})
+    return error_response(
+        request,
+        status=spec.http,
+        message=public_message(exc, spec),
+        code=spec.public_code,
+        headers=headers,
+    )
+
+
+async def _handle_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for this type
+    return error_response(
+        request,
+        status=HTTPStatus.BAD_REQUEST,
+        message=_validation_message(exc),
+        code="invalid_request",
+    )
+
+
+async def _handle_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for this type
+    phrase = HTTPStatus(exc.status_code).phrase.lower()
+    message = exc.detail if isinstance(exc.detail, str) and exc.detail else phrase
+    return error_response(
+        request,
+        status=exc.status_code,
+        message=message,
+        code=phrase.replace(" ", "_"),
+        headers=dict(exc.headers or {}),
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception through the table; no stack trace ever reaches a client."""
+    app.add_exception_handler(RequestValidationError, _handle_validation)
+    app.add_exception_handler(StarletteHTTPException, _handle_http)
+    # Known roots go through the exception middleware (no re-raise, no trace);
+    # ``Exception`` is the last resort for bugs, answered as a generic 500.
+    for root in {
+        cls for cls in ERROR_TABLE if cls.__base__ is Exception and issubclass(cls, Exception)
+    }:
+        app.add_exception_handler(root, _handle_error)
+    app.add_exception_handler(Exception, _handle_error)

@@ -1,0 +1,100 @@
+"""Runs the REST and gRPC front ends in one event loop, with graceful shutdown.
+
+On SIGTERM or SIGINT both stop accepting new work, in-flight calls get
+``shutdown_grace_seconds`` to finish, then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import uvicorn
+
+from server.grpc.server import GrpcGateway
+from server.metrics import Metrics
+from server.rest.app import create_app
+from server.service.health import HealthService
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from server.bootstrap import Container
+
+log = structlog.get_logger(__name__)
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the runner owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Gateway:
+    """The REST and gRPC servers of one gateway process."""
+
+    def __init__(self, container: Container) -> None:
+        settings = container.settings
+        self.container = container
+        self.metrics = Metrics()
+        self.health = HealthService(container.engine)
+        self.app = create_app(health_service=self.health, metrics=self.metrics)
+        self.grpc = GrpcGateway(health_service=self.health)
+        self.grpc_port = self.grpc.bind(f"{settings.host}:{settings.grpc_port}")
+        config = uvicorn.Config(
+            self.app,
+            host=settings.host,
+            port=settings.rest_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        )
+        self.http = _UvicornServer(config)
+        self.stopping = asyncio.Event()
+
+    @property
+    def rest_port(self) -> int:
+        """The bound REST port (useful when configured as 0)."""
+        servers: Any = self.http.servers
+        return int(servers[0].sockets[0].getsockname()[1])
+
+    async def serve(self) -> None:
+        """Serve until ``stop()`` is called or a signal arrives."""
+        await self.grpc.start()
+        http_task = asyncio.create_task(self.http.serve())
+        while not self.http.started:
+            if http_task.done():
+                await http_task  # re-raise why it could not start
+                return
+            await asyncio.sleep(0.01)
+        log.info(
+            "sealserve listening",
+            rest=f"http://{self.container.settings.host}:{self.rest_port}",
+            grpc=f"{self.container.settings.host}:{self.grpc_port}",
+        )
+        await self.stopping.wait()
+        log.info("shutting down", grace_seconds=self.container.settings.shutdown_grace_seconds)
+        self.http.should_exit = True
+        await asyncio.gather(
+            http_task, self.grpc.stop(self.container.settings.shutdown_grace_seconds)
+        )
+        log.info("stopped")
+
+    def stop(self) -> None:
+        """Ask the gateway to shut down gracefully."""
+        self.stopping.set()
+
+
+async def run_gateway(container: Container) -> None:
+    """Run one gateway until SIGTERM/SIGINT."""
+    gateway = Gateway(container)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.stop)
+    await gateway.serve()

@@ -1,0 +1,1 @@
+"""Framework-free use cases shared by the REST and gRPC adapters."""

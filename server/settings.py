@@ -1,0 +1,127 @@
+"""Server settings, built once at start and passed down (no module-level instance).
+
+Sources, highest first: values given in code (CLI flags), ``SEALSERVE_*``
+environment variables, the optional config file (``--config``, TOML or JSON),
+then the defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set, with the defaults ``make run`` uses."""
+
+    model_config = SettingsConfigDict(env_prefix="SEALSERVE_", extra="forbid", frozen=True)
+
+    env: Literal["development", "production"] = "development"
+    """``production`` refuses unsafe keys and out-of-date schemas instead of fixing them."""
+
+    data_dir: Path = Path(".sealserve")
+    """Holds the SQLite database and, by default, the master key file."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL; default: a SQLite file in the data directory."""
+
+    master_key_file: Path | None = None
+    """File with the base64 master key; default: ``<data_dir>/master.key``."""
+
+    master_key: SecretStr | None = None
+    """The base64 master key itself (takes precedence over the file)."""
+
+    host: str = "127.0.0.1"
+    """Address the REST and gRPC ports listen on (``0.0.0.0`` in containers)."""
+
+    rest_port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)
+    """Local inference worker processes."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    """How long in-flight calls get to finish after SIGTERM."""
+
+    @model_validator(mode="after")
+    def _production_needs_explicit_choices(self) -> Settings:
+        if self.env == "production" and self.database_url is None:
+            msg = "SEALSERVE_DATABASE_URL must be set in production"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to ``<data_dir>/sealserve.db``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'sealserve.db').resolve()}"
+
+    @property
+    def resolved_master_key_file(self) -> Path:
+        """The master key file, defaulting to ``<data_dir>/master.key``."""
+        return self.master_key_file or self.data_dir / "master.key"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Code, then environment, then the config file (passed as ``_config_values``)."""
+        del dotenv_settings, file_secret_settings
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from the file named by ``load_settings(config_file=...)``."""
+
+    values: dict[str, Any] = {}  # noqa: RUF012 - set per load, read once
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        del field
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+class ConfigFileError(ValueError):
+    """The config file cannot be read or parsed."""
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML or JSON config file into field values (keys as in the env, lower case)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        msg = f"cannot read config file {path}: {exc.strerror}"
+        raise ConfigFileError(msg) from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        msg = f"config file {path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}"
+        raise ConfigFileError(msg) from None
+    section = data.get("sealserve", data)
+    return {key.lower().removeprefix("sealserve_"): value for key, value in section.items()}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once: overrides > environment > config file > defaults."""
+    _ConfigFileSource.values = read_config_file(config_file) if config_file else {}
+    try:
+        return Settings(**overrides)
+    finally:
+        _ConfigFileSource.values = {}

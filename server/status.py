@@ -1,0 +1,72 @@
+"""The one error table: every error class mapped once to HTTP and gRPC.
+
+The REST exception handler and the gRPC interceptor both read this table, so
+an error cannot come out as one status over REST and another over gRPC.
+Lookup walks the class's MRO, so a subclass inherits its parent's mapping
+unless it has its own row. This module imports neither FastAPI nor grpc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from server.errors import StartupError
+from server.service import errors as service
+from storage import errors as storage
+from storage.crypto.master import MasterKeyError
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    """How one error class leaves the server."""
+
+    http: HTTPStatus
+    grpc: str
+    """Name of a ``grpc.StatusCode`` member."""
+    public_code: str
+    expose_message: bool = True
+    """False: the client gets a generic text; the real message is only logged."""
+
+
+INTERNAL = ErrorSpec(HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL", "internal", expose_message=False)
+INTERNAL_MESSAGE = "internal server error"
+
+ERROR_TABLE: dict[type[BaseException], ErrorSpec] = {
+    storage.NotFound: ErrorSpec(HTTPStatus.NOT_FOUND, "NOT_FOUND", "not_found"),
+    storage.Conflict: ErrorSpec(HTTPStatus.CONFLICT, "ALREADY_EXISTS", "conflict"),
+    storage.InvalidInput: ErrorSpec(HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", "invalid_request"),
+    storage.DecryptionFailed: INTERNAL,
+    storage.KeyUnavailable: INTERNAL,
+    MasterKeyError: INTERNAL,
+    storage.StorageError: INTERNAL,
+    service.InvalidRequest: ErrorSpec(
+        HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", "invalid_request"
+    ),
+    service.PayloadTooLarge: ErrorSpec(
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "INVALID_ARGUMENT", "payload_too_large"
+    ),
+    service.ModelNotReady: ErrorSpec(HTTPStatus.SERVICE_UNAVAILABLE, "UNAVAILABLE", "unavailable"),
+    service.Unavailable: ErrorSpec(HTTPStatus.SERVICE_UNAVAILABLE, "UNAVAILABLE", "unavailable"),
+    service.WorkerCrashed: ErrorSpec(HTTPStatus.SERVICE_UNAVAILABLE, "UNAVAILABLE", "unavailable"),
+    service.Overloaded: ErrorSpec(HTTPStatus.TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", "overloaded"),
+    service.DeadlineExceeded: ErrorSpec(HTTPStatus.GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED", "timeout"),
+    service.ServiceError: INTERNAL,
+    StartupError: INTERNAL,
+}
+
+
+def spec_for(error: BaseException) -> ErrorSpec:
+    """The mapping for ``error``: its own row, else its nearest ancestor's, else INTERNAL."""
+    for cls in type(error).__mro__:
+        spec = ERROR_TABLE.get(cls)
+        if spec is not None:
+            return spec
+    return INTERNAL
+
+
+def public_message(error: BaseException, spec: ErrorSpec) -> str:
+    """The text a client may see: the error's safe message, or a generic one."""
+    if not spec.expose_message:
+        return INTERNAL_MESSAGE
+    return str(getattr(error, "message", None) or INTERNAL_MESSAGE)
