@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -58,18 +58,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
     """Create an engine with the settings this project relies on.
 
-    SQLite gets its pragmas on every new connection and no pool (a connection
-    per checkout is cheap, and pooled SQLite connections across threads cause
-    more trouble than they save). PostgreSQL runs at READ COMMITTED with a
-    bounded pool that checks connections before use.
+    SQLite gets its pragmas on every new connection and a small pool, so the
+    pragmas and the file open are paid once per connection rather than once
+    per unit of work (in-memory databases keep SQLAlchemy's single-connection
+    pool). PostgreSQL runs at READ COMMITTED with a bounded pool that checks
+    connections before use.
     """
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
             echo=echo,
-            poolclass=NullPool,
             connect_args={"check_same_thread": False, "timeout": 30},
+            **(
+                {}
+                if ":memory:" in url or url in ("sqlite://", "sqlite:///")
+                else {
+                    "poolclass": QueuePool,
+                    "pool_size": pool_size,
+                    "max_overflow": pool_size,
+                }
+            ),
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

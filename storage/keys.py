@@ -59,13 +59,17 @@ class KeyHierarchy:
         )
         return key, row
 
-    def data_key(self, repo: TenantRepository, version: ModelVersion) -> bytes:
-        """Unwrap the data key of ``version``, choosing keys by the ids stored with it."""
-        row = repo.data_key_for(version)
+    def data_key(
+        self, version: ModelVersion, row: DataKey | None, tenant_row: TenantKey | None
+    ) -> bytes:
+        """Unwrap the data key of ``version``, choosing keys by the ids stored with it.
+
+        ``row`` and ``tenant_row`` are the data key and the tenant key version
+        that ``version``'s header names (``None`` when missing).
+        """
         if row is None:
             msg = "the data key of this model version is missing"
             raise KeyUnavailable(msg, detail=f"version row {version.id}")
-        tenant_row = repo.tenant_key(row.tenant_key_version)
         if tenant_row is None:
             msg = "the tenant key that sealed this model version no longer exists"
             raise KeyUnavailable(msg, detail=f"tenant key v{row.tenant_key_version}")

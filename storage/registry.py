@@ -359,8 +359,8 @@ class Registry:
         """
         with unit_of_work(self._sessions) as session:
             repo = TenantRepository(session, tenant_id)
-            version = repo.get_version_by_id(version_id)
-            key = self._keys.data_key(repo, version)
+            version, key_row, tenant_key_row = repo.sealed_header(version_id)
+            key = self._keys.data_key(version, key_row, tenant_key_row)
             rows = session.execute(
                 select(SealedSegment.idx, SealedSegment.nonce, SealedSegment.ciphertext)
                 .where(

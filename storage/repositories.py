@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, select
 
 from storage.errors import NotFound
 from storage.models import DataKey, Model, ModelLabel, ModelVersion, TenantKey
@@ -98,17 +98,6 @@ class TenantRepository:
             raise NotFound(VERSION_NOT_FOUND.format(name=model.name, ref=version))
         return row
 
-    def get_version_by_id(self, version_id: str) -> ModelVersion:
-        """A version by its row id, still only inside this tenant."""
-        row = self.session.scalar(
-            select(ModelVersion).where(
-                ModelVersion.tenant_id == self.tenant_id, ModelVersion.id == version_id
-            )
-        )
-        if row is None:
-            raise NotFound("model version not found")
-        return row
-
     def latest_ready_version(self, model: Model) -> ModelVersion:
         """The newest ready version: what a call without a version gets."""
         row = self.session.scalar(
@@ -186,18 +175,32 @@ class TenantRepository:
             raise NotFound("tenant has no active key")
         return row
 
-    def tenant_key(self, version: int) -> TenantKey | None:
-        """A specific tenant key version, as named by a data key's header."""
-        return self.session.scalar(
-            select(TenantKey).where(
-                TenantKey.tenant_id == self.tenant_id, TenantKey.version == version
-            )
-        )
+    def sealed_header(
+        self, version_id: str
+    ) -> tuple[ModelVersion, DataKey | None, TenantKey | None]:
+        """A version with the data key and tenant key version it names, in one query.
 
-    def data_key_for(self, version: ModelVersion) -> DataKey | None:
-        """The data key row that seals ``version``."""
-        return self.session.scalar(
-            select(DataKey).where(
-                DataKey.tenant_id == self.tenant_id, DataKey.model_version_id == version.id
+        Unsealing is on the model-load path of every worker, so the three rows
+        come back in one round trip; missing keys come back as ``None``.
+        """
+        row = self.session.execute(
+            select(ModelVersion, DataKey, TenantKey)
+            .outerjoin(
+                DataKey,
+                and_(
+                    DataKey.model_version_id == ModelVersion.id,
+                    DataKey.tenant_id == self.tenant_id,
+                ),
             )
-        )
+            .outerjoin(
+                TenantKey,
+                and_(
+                    TenantKey.tenant_id == self.tenant_id,
+                    TenantKey.version == DataKey.tenant_key_version,
+                ),
+            )
+            .where(ModelVersion.tenant_id == self.tenant_id, ModelVersion.id == version_id)
+        ).one_or_none()
+        if row is None:
+            raise NotFound("model version not found")
+        return row[0], row[1], row[2]
