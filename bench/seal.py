@@ -5,8 +5,9 @@
 Each measurement runs in a fresh process (after one warm-up unseal of a tiny
 model, so the connection and compiled queries are warm as in a running worker)
 so peak RSS (ru_maxrss) belongs to that one operation: ``rss_delta`` is the
-peak minus the process's RSS just before the operation started. Models are random bytes (incompressible, the
-worst case for zstd) sealed from a file with the default 1 MiB segments.
+peak minus the process's RSS just before the operation started. Models are
+random bytes (incompressible, the worst case for zstd) sealed from a file with
+the default 1 MiB segments.
 Targets: unseal >= 300 MB/s on SQLite; sealing 100 MB raises peak RSS < 32 MB.
 """
 
