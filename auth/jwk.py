@@ -112,9 +112,13 @@ def _parse_one(entry: object, *, allowed: frozenset[str]) -> VerificationKey | N
     if not isinstance(entry, dict) or not _usable(entry):
         return None
     alg = entry.get("alg")
+    # Refuse a named algorithm before PyJWK sees it: PyJWK would happily build
+    # an HMAC secret or the ``none`` algorithm from it.
+    if alg is not None and (not isinstance(alg, str) or alg not in allowed):
+        return None
     try:
-        parsed = jwt.PyJWK(entry, algorithm=alg if isinstance(alg, str) else None)
-    except jwt.PyJWTError:
+        parsed = jwt.PyJWK(entry, algorithm=alg)
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError, NotImplementedError):
         return None
     public_key = parsed.key
     if parsed.algorithm_name not in allowed or not isinstance(public_key, PublicKey):
@@ -136,10 +140,7 @@ def _usable(entry: Mapping[str, Any]) -> bool:
     key_ops = entry.get("key_ops")
     if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
         return False
-    if entry.get("kty") == "oct" or _PRIVATE_MEMBERS & entry.keys():
-        return False
-    alg = entry.get("alg")
-    return alg is None or isinstance(alg, str)
+    return entry.get("kty") != "oct" and not _PRIVATE_MEMBERS & entry.keys()
 
 
 def _public_members(

@@ -721,3 +721,21 @@ CASES: tuple[TokenCase, ...] = (
     *EXTERNAL_CASES,
 )
 """Every case, controls first. Names are unique (they are the test ids)."""
+
+
+def own_signed(key: SigningKey, *, now: int, issuer: str = ISSUER, audience: str = AUDIENCE) -> str:
+    """Return a well-formed token signed by ``key``, valid from ``now`` (for rotation tests)."""
+    claims = {
+        "iss": issuer,
+        "aud": audience,
+        "sub": "cl_crafted",
+        "tenant": TENANT,
+        "scope": "infer",
+        "client_id": "cl_crafted",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": secrets.token_urlsafe(16),
+    }
+    header = {"alg": str(key.alg), "typ": "at+jwt", "kid": key.kid}
+    return signed(header, claims, key=key.private_key, alg=key.alg)
