@@ -45,14 +45,19 @@ def wrap_key(kek: bytes, key: bytes, *, aad: bytes) -> bytes:
     return nonce + AESGCM(kek).encrypt(nonce, key, aad)
 
 
-def unwrap_key(kek: bytes, wrapped: bytes, *, aad: bytes, what: str) -> bytes:
-    """Reverse ``wrap_key``; any mismatch raises ``DecryptionFailed``."""
+def unwrap_key_bytes(kek: bytes, wrapped: bytes, *, aad: bytes, what: str) -> bytes:
+    """Reverse ``wrap_key`` for secrets of any length; a mismatch raises ``DecryptionFailed``."""
     try:
-        key = AESGCM(kek).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], aad)
+        return AESGCM(kek).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], aad)
     except (InvalidTag, ValueError):
         raise DecryptionFailed(
-            "sealed model failed integrity check", detail=f"{what} did not unwrap"
+            "sealed data failed integrity check", detail=f"{what} did not unwrap"
         ) from None
+
+
+def unwrap_key(kek: bytes, wrapped: bytes, *, aad: bytes, what: str) -> bytes:
+    """Reverse ``wrap_key`` for an AES-256 key; a mismatch raises ``DecryptionFailed``."""
+    key = unwrap_key_bytes(kek, wrapped, aad=aad, what=what)
     if len(key) != KEY_BYTES:
         raise DecryptionFailed("sealed model failed integrity check", detail=f"{what} length")
     return key

@@ -1,0 +1,242 @@
+"""Persistence for identity: clients, signing keys, the token deny-list, server secrets.
+
+Client lookup by ``client_id`` is the one query here that is not scoped to a
+tenant: it is how the tenant of a caller is found in the first place, and it
+returns only what authentication needs. Listing and revoking clients are
+scoped like every other tenant query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from storage.crypto.envelope import associated_data, unwrap_key_bytes, wrap_key
+from storage.db import unit_of_work
+from storage.errors import Conflict, NotFound
+from storage.models import Client, RevokedToken, ServerSecret, SigningKey, Tenant
+from storage.types import utcnow
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from datetime import datetime
+
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from storage.crypto.master import MasterKeyRing
+
+CLIENT_NOT_FOUND = "client '{client_id}' not found"
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """A client as authentication and listings see it (the hash, never a secret)."""
+
+    client_id: str
+    tenant_id: str | None
+    role: str
+    name: str
+    secret_hash: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SigningKeyRecord:
+    """A signing key with its private part unwrapped (PKCS#8 DER)."""
+
+    kid: str
+    alg: str
+    state: str
+    private_key: bytes
+    public_jwk: dict[str, Any]
+    created_at: datetime
+    activated_at: datetime | None
+    retired_after: datetime | None
+
+
+def _client(row: Client) -> ClientRecord:
+    return ClientRecord(
+        client_id=row.client_id,
+        tenant_id=row.tenant_id,
+        role=row.role,
+        name=row.name,
+        secret_hash=row.secret_hash,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+class IdentityStore:
+    """Reads and writes identity rows, wrapping secrets with the master key."""
+
+    def __init__(
+        self, *, session_factory: sessionmaker[Session], master_keys: MasterKeyRing
+    ) -> None:
+        self._sessions = session_factory
+        self._master_keys = master_keys
+
+    # --- clients ----------------------------------------------------------------
+    def add_client(
+        self, *, client_id: str, tenant_id: str | None, role: str, name: str, secret_hash: str
+    ) -> ClientRecord:
+        """Store a new client; its tenant must exist."""
+        try:
+            with unit_of_work(self._sessions) as session:
+                if tenant_id is not None and session.get(Tenant, tenant_id) is None:
+                    raise NotFound("tenant not found")
+                row = Client(
+                    client_id=client_id,
+                    tenant_id=tenant_id,
+                    role=role,
+                    name=name,
+                    secret_hash=secret_hash,
+                )
+                session.add(row)
+                session.flush()
+                return _client(row)
+        except IntegrityError:
+            raise Conflict("client id already exists") from None
+
+    def find_client(self, client_id: str) -> ClientRecord | None:
+        """The client with this id, for authentication (any tenant), or ``None``."""
+        with unit_of_work(self._sessions) as session:
+            row = session.scalar(select(Client).where(Client.client_id == client_id))
+            return None if row is None else _client(row)
+
+    def list_clients(self, tenant_id: str | None) -> list[ClientRecord]:
+        """The clients of one tenant, or the platform's own (``None``)."""
+        with unit_of_work(self._sessions) as session:
+            rows = session.scalars(
+                select(Client).where(_tenant_is(tenant_id)).order_by(Client.created_at)
+            )
+            return [_client(row) for row in rows]
+
+    def revoke_client(self, tenant_id: str | None, client_id: str) -> ClientRecord:
+        """Mark a client revoked; it can no longer obtain tokens."""
+        with unit_of_work(self._sessions) as session:
+            row = session.scalar(
+                select(Client).where(Client.client_id == client_id, _tenant_is(tenant_id))
+            )
+            if row is None:
+                raise NotFound(CLIENT_NOT_FOUND.format(client_id=client_id))
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            return _client(row)
+
+    # --- the token deny-list and tenant suspension -------------------------------
+    def revoke_token(self, jti: str, *, expires_at: datetime) -> None:
+        """Put a token id on the deny-list until it expires (idempotent)."""
+        with unit_of_work(self._sessions) as session:
+            if session.get(RevokedToken, jti) is None:
+                session.add(RevokedToken(jti=jti, expires_at=expires_at))
+
+    def denied(self, *, now: datetime) -> tuple[frozenset[str], frozenset[str]]:
+        """Revoked token ids still unexpired, and suspended tenant ids; prunes expired ids."""
+        with unit_of_work(self._sessions) as session:
+            session.execute(delete(RevokedToken).where(RevokedToken.expires_at < now))
+            jtis = frozenset(session.scalars(select(RevokedToken.jti)))
+            suspended = frozenset(
+                session.scalars(select(Tenant.id).where(Tenant.state == "suspended"))
+            )
+            return jtis, suspended
+
+    # --- signing keys -----------------------------------------------------------------
+    def load_signing_keys(self) -> list[SigningKeyRecord]:
+        """Every signing key not yet retired, private parts unwrapped."""
+        with unit_of_work(self._sessions) as session:
+            rows = session.scalars(
+                select(SigningKey)
+                .where(SigningKey.state != "retired")
+                .order_by(SigningKey.created_at)
+            )
+            return [self._signing_key(row) for row in rows]
+
+    def save_signing_keys(self, keys: Iterable[SigningKeyRecord]) -> None:
+        """Insert new keys and move existing ones to their new states, in one transaction."""
+        with unit_of_work(self._sessions) as session:
+            for key in keys:
+                row = session.get(SigningKey, key.kid)
+                if row is None:
+                    master = self._master_keys.primary
+                    session.add(
+                        SigningKey(
+                            kid=key.kid,
+                            alg=key.alg,
+                            state=key.state,
+                            master_key_id=master.key_id,
+                            wrapped_private_key=wrap_key(
+                                master.key,
+                                key.private_key,
+                                aad=associated_data("signing-key", key.kid, master.key_id),
+                            ),
+                            public_jwk=key.public_jwk,
+                            created_at=key.created_at,
+                            activated_at=key.activated_at,
+                            retired_after=key.retired_after,
+                        )
+                    )
+                else:
+                    session.execute(
+                        update(SigningKey)
+                        .where(SigningKey.kid == key.kid)
+                        .values(
+                            state=key.state,
+                            activated_at=key.activated_at,
+                            retired_after=key.retired_after,
+                        )
+                    )
+
+    def _signing_key(self, row: SigningKey) -> SigningKeyRecord:
+        master = self._master_keys.get(row.master_key_id)
+        private = unwrap_key_bytes(
+            master.key,
+            row.wrapped_private_key,
+            aad=associated_data("signing-key", row.kid, row.master_key_id),
+            what="signing key",
+        )
+        return SigningKeyRecord(
+            kid=row.kid,
+            alg=row.alg,
+            state=row.state,
+            private_key=private,
+            public_jwk=row.public_jwk,
+            created_at=row.created_at,
+            activated_at=row.activated_at,
+            retired_after=row.retired_after,
+        )
+
+    # --- server secrets --------------------------------------------------------------
+    def server_secret(self, name: str, *, create: Callable[[], bytes]) -> bytes:
+        """The named secret, created (by ``create``) and stored wrapped on first use."""
+        with unit_of_work(self._sessions) as session:
+            row = session.get(ServerSecret, name)
+            if row is None:
+                master = self._master_keys.primary
+                value = create()
+                session.add(
+                    ServerSecret(
+                        name=name,
+                        master_key_id=master.key_id,
+                        wrapped_value=wrap_key(
+                            master.key,
+                            value,
+                            aad=associated_data("server-secret", name, master.key_id),
+                        ),
+                    )
+                )
+                return value
+            master = self._master_keys.get(row.master_key_id)
+            return unwrap_key_bytes(
+                master.key,
+                row.wrapped_value,
+                aad=associated_data("server-secret", name, row.master_key_id),
+                what=name,
+            )
+
+
+def _tenant_is(tenant_id: str | None) -> Any:
+    return Client.tenant_id.is_(None) if tenant_id is None else Client.tenant_id == tenant_id
