@@ -53,9 +53,11 @@ from auth.secrets import (
     hash_client_secret,
     new_client_id,
     new_client_secret,
+    new_pepper,
     verify_client_secret,
 )
-from auth.tokens import IssuedToken, TokenIssuer, TokenVerifier
+from auth.settings import AuthSettings
+from auth.tokens import IssuedToken, TokenIssuer, TokenVerifier, own_issuer_rules
 from auth.trusted import TrustedIssuer, jwks_resolver, trusted_issuer_rules
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "TENANT_ROLES",
     "TOKEN_TYPE",
     "AuthError",
+    "AuthSettings",
     "InvalidClient",
     "InvalidGrant",
     "InvalidScope",
@@ -102,6 +105,8 @@ __all__ = [
     "narrow_scopes",
     "new_client_id",
     "new_client_secret",
+    "new_pepper",
+    "own_issuer_rules",
     "parse_jwks",
     "parse_scope",
     "retire_expired",

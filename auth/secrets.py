@@ -44,6 +44,16 @@ def new_client_secret() -> str:
     return CLIENT_SECRET_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
 
 
+def new_pepper() -> bytes:
+    """Make a fresh 256-bit pepper, generated once per deployment.
+
+    Store it like a signing key, wrapped by the master key (and re-wrapped
+    when the master key rotates). Do not derive it from the master key:
+    rotating the master key would then invalidate every client secret.
+    """
+    return secrets.token_bytes(MIN_PEPPER_BYTES)
+
+
 def hash_client_secret(secret: str, *, pepper: bytes) -> str:
     """Compute the value to store for ``secret``: ``hmac-sha256$<hex digest>``.
 

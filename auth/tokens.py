@@ -29,7 +29,7 @@ import jwt
 
 from auth._cache import PrincipalCache
 from auth._claims import principal_from_claims
-from auth._header import read_unverified
+from auth._header import MAX_TOKEN_BYTES, read_unverified
 from auth.errors import TokenExpired, Unauthenticated
 from auth.issuers import PLATFORM_TENANT, TOKEN_TYPE, IssuerRules, KeyResolver, normalize_type
 from auth.keys import DEFAULT_LEEWAY, KeyAlgorithm, KeyState, SigningKey
@@ -157,13 +157,8 @@ class TokenIssuer:
 
     def verification_rules(self, *, keys: KeyResolver) -> IssuerRules:
         """Return the rules that verify this issuer's tokens, consistent with how it signs."""
-        return IssuerRules(
-            issuer=self._issuer,
-            audience=self._audience,
-            keys=keys,
-            algorithms=frozenset(KeyAlgorithm),
-            max_lifetime=self._max_lifetime,
-            allow_platform=True,
+        return own_issuer_rules(
+            issuer=self._issuer, audience=self._audience, max_lifetime=self._max_lifetime, keys=keys
         )
 
     @staticmethod
@@ -180,6 +175,24 @@ class TokenIssuer:
             raise ValueError("a platform token carries platform scopes only")
         if tenant_id is not None and scopes & PLATFORM_ONLY_SCOPES:
             raise ValueError("a tenant token cannot carry platform-only scopes")
+
+
+def own_issuer_rules(
+    *, issuer: str, audience: str, max_lifetime: int, keys: KeyResolver
+) -> IssuerRules:
+    """Return the rules for tokens we issue: our algorithms, platform tokens allowed.
+
+    For a verifier in a process that does not issue (it only needs the
+    issuer's name, audience and lifetime bound, not its signing key).
+    """
+    return IssuerRules(
+        issuer=issuer,
+        audience=audience,
+        keys=keys,
+        algorithms=frozenset(KeyAlgorithm),
+        max_lifetime=max_lifetime,
+        allow_platform=True,
+    )
 
 
 class TokenVerifier:
@@ -223,6 +236,9 @@ class TokenVerifier:
         for anything else; messages are short, public, and never contain
         the token or a value read from it.
         """
+        # Bound the size before the cache lookup, which hashes the whole string.
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthenticated("token is too large")
         cached = self._cache.get(token)
         if cached is not None:
             principal, valid_until = cached

@@ -645,6 +645,11 @@ INTEGRITY_CASES: tuple[TokenCase, ...] = (
     _reject("header altered (re-serialised)", _alter_header, _BAD_SIG),
     _reject("signature stripped", lambda ctx: own(ctx).rsplit(".", 1)[0] + ".", _BAD_SIG),
     _reject(
+        "signature of impossible base64url length",
+        lambda ctx: own(ctx).rsplit(".", 1)[0] + ".AAAAA",
+        _MALFORMED,
+    ),
+    _reject(
         "over-long token (> 8 KiB)", lambda ctx: own(ctx, pad="x" * 9000), "token is too large"
     ),
     _reject("empty string", lambda _ctx: "", "token is missing"),

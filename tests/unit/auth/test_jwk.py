@@ -108,6 +108,12 @@ def test_parse_jwks_skips_unusable_keys(name, entry):
     assert set(keys) == {"good"}, name
 
 
+def test_parse_jwks_checks_an_inferred_algorithm_too():
+    """A key without alg whose inferred algorithm is not allowed is skipped."""
+    entry = _ec_jwk("p384", ec.SECP384R1())
+    assert parse_jwks(_doc(entry), algorithms={"ES256"}) == {}
+
+
 def test_parse_jwks_drops_a_duplicated_kid_entirely():
     """Two keys with one kid are both dropped: keys are chosen by id, never by trial."""
     keys = parse_jwks(_doc(_ec_jwk("same"), _ed_jwk("same"), _ed_jwk("other")), algorithms=ALL)

@@ -11,6 +11,7 @@ from auth.secrets import (
     hash_client_secret,
     new_client_id,
     new_client_secret,
+    new_pepper,
     verify_client_secret,
 )
 
@@ -80,6 +81,15 @@ def test_unknown_client_goes_through_the_dummy_path():
     """stored=None (unknown client id) returns False after doing the same work."""
     assert not verify_client_secret("cs_abc", None, pepper=PEPPER)
     assert dummy_verify("cs_abc", pepper=PEPPER) is False
+
+
+def test_new_pepper_is_random_and_long_enough():
+    """A generated pepper has 256 bits and is usable at once."""
+    peppers = {new_pepper() for _ in range(50)}
+    assert len(peppers) == 50
+    pepper = peppers.pop()
+    assert len(pepper) == 32
+    assert verify_client_secret("s", hash_client_secret("s", pepper=pepper), pepper=pepper)
 
 
 def test_short_pepper_is_refused():

@@ -14,6 +14,7 @@ from auth import (
     TokenIssuer,
     TokenVerifier,
     Unauthenticated,
+    own_issuer_rules,
     rotate,
 )
 from tests.auth_cases import unb64
@@ -324,6 +325,23 @@ def test_clear_cache_forces_reverification(issuer, key_set, clock, deny):
     verifier.clear_cache()
     with pytest.raises(Unauthenticated, match="token key id is unknown"):
         verifier.verify(token)
+
+
+def test_oversized_token_is_refused_before_the_cache(verifier):
+    """A token over 8 KiB is refused by length alone, before it is hashed for the cache."""
+    with pytest.raises(Unauthenticated, match="token is too large"):
+        verifier.verify("a" * (8 * 1024 + 1))
+
+
+def test_own_issuer_rules_work_without_a_signing_key(issuer, key_set, clock, deny):
+    """A verify-only process builds our rules from names alone and accepts our tokens."""
+    rules = own_issuer_rules(
+        issuer=ISSUER, audience=AUDIENCE, max_lifetime=3600, keys=key_set.verification_key
+    )
+    verifier = TokenVerifier(
+        issuers=[rules], revoked=deny.revoked, tenant_suspended=deny.suspended, clock=clock
+    )
+    assert verifier.verify(_issue(issuer).token).subject == "cl_a"
 
 
 def test_failures_are_not_cached(issuer, verifier, deny):
