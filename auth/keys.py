@@ -20,6 +20,7 @@ material never appears in a ``repr``.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -137,9 +138,10 @@ class SigningKey:
 
 
 def generate_signing_key(
-    alg: KeyAlgorithm, *, now: int, state: KeyState = KeyState.NEXT
+    alg: KeyAlgorithm, *, now: int | None = None, state: KeyState = KeyState.NEXT
 ) -> SigningKey:
-    """Generate a fresh key, born ``next`` unless told otherwise."""
+    """Generate a fresh key, born ``next`` unless told otherwise (``now``: default, the clock)."""
+    created = int(time.time()) if now is None else now
     private_key: PrivateKey
     if alg is KeyAlgorithm.ES256:
         private_key = ec.generate_private_key(ec.SECP256R1())
@@ -150,8 +152,8 @@ def generate_signing_key(
         alg=alg,
         private_key=private_key,
         state=state,
-        created_at=now,
-        activated_at=now if state is KeyState.PRIMARY else None,
+        created_at=created,
+        activated_at=created if state is KeyState.PRIMARY else None,
     )
 
 

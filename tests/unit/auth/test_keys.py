@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import time
 
 import jwt
 import pytest
@@ -38,6 +39,13 @@ def test_generate_makes_a_next_key_named_by_its_thumbprint(alg):
     assert key.alg is alg
     assert key.kid == jwk_thumbprint(key.private_key.public_key())
     assert (key.created_at, key.activated_at, key.retired_after) == (NOW, None, None)
+
+
+def test_generate_defaults_to_the_current_time():
+    """Without now, a key's creation time is read from the clock."""
+    before = int(time.time())
+    key = generate_signing_key(KeyAlgorithm.EDDSA)
+    assert before <= key.created_at <= int(time.time())
 
 
 def test_generate_as_primary_sets_activation():
