@@ -56,7 +56,6 @@ from auth.secrets import (
     new_pepper,
     verify_client_secret,
 )
-from auth.settings import AuthSettings
 from auth.tokens import IssuedToken, TokenIssuer, TokenVerifier, own_issuer_rules
 from auth.trusted import TrustedIssuer, jwks_resolver, trusted_issuer_rules
 
@@ -69,7 +68,6 @@ __all__ = [
     "TENANT_ROLES",
     "TOKEN_TYPE",
     "AuthError",
-    "AuthSettings",
     "InvalidClient",
     "InvalidGrant",
     "InvalidScope",

@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from auth import KeyAlgorithm, TokenIssuer, TokenVerifier, new_pepper, trusted_issuer_rules
 from server import schema
 from server.errors import StartupError
+from server.service.access import AccessControl, DenyList, SigningKeys
+from server.service.tenants import TenantAdminService
 from storage import MasterKeyRing, Registry, make_engine, make_session_factory
 from storage.crypto.master import (
     MasterKey,
@@ -20,6 +23,7 @@ from storage.crypto.master import (
     create_master_key_file,
     load_master_key_file,
 )
+from storage.identity import IdentityStore
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -82,6 +86,61 @@ def ensure_schema(engine: Engine, settings: Settings) -> None:
             "run: sealserve db upgrade"
         )
         raise StartupError(msg)
+
+
+@dataclass
+class Services:
+    """The use cases, built once the schema is in place (they read keys from it)."""
+
+    identities: IdentityStore
+    signing_keys: SigningKeys
+    access: AccessControl
+    tenants: TenantAdminService
+
+
+PEPPER_NAME = "client-secret-pepper"
+MAX_TOKEN_LIFETIME = 3600
+
+
+def build_services(container: Container) -> Services:
+    """Wire the services on a migrated database (creates first signing keys and pepper)."""
+    settings = container.settings
+    identities = IdentityStore(
+        session_factory=container.sessions, master_keys=container.master_keys
+    )
+    pepper = identities.server_secret(PEPPER_NAME, create=new_pepper)
+    signing_keys = SigningKeys(
+        identities,
+        alg=KeyAlgorithm(settings.signing_algorithm),
+        max_token_lifetime=MAX_TOKEN_LIFETIME,
+    )
+    signing_keys.load()
+    issuer = TokenIssuer(
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+        keys=lambda: signing_keys.current.signing_key(),  # noqa: PLW0108 - the set is swapped on rotation
+        default_lifetime=settings.token_lifetime_seconds,
+        # The bound verification enforces, whatever lifetime we currently issue.
+        max_lifetime=MAX_TOKEN_LIFETIME,
+    )
+    deny = DenyList(identities)
+    verifier = TokenVerifier(
+        issuers=[
+            issuer.verification_rules(keys=signing_keys.resolve),
+            *(trusted_issuer_rules(config) for config in settings.trusted_issuers),
+        ],
+        revoked=deny.revoked,
+        tenant_suspended=deny.suspended,
+    )
+    access = AccessControl(
+        store=identities, issuer=issuer, verifier=verifier, deny=deny, pepper=pepper
+    )
+    tenants = TenantAdminService(
+        registry=container.registry, identities=identities, deny=deny, pepper=pepper
+    )
+    return Services(
+        identities=identities, signing_keys=signing_keys, access=access, tenants=tenants
+    )
 
 
 def build_container(settings: Settings, *, create_keys: bool = False) -> Container:

@@ -20,10 +20,12 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from auth import AuthError
 from server import schema
-from server.bootstrap import Container, build_container, ensure_schema
+from server.bootstrap import Container, Services, build_container, build_services, ensure_schema
 from server.errors import StartupError
 from server.logs import configure_logging
+from server.service.errors import ServiceError
 from server.settings import ConfigFileError, Settings, load_settings
 from storage import StorageError
 
@@ -33,8 +35,14 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 db_app = typer.Typer(no_args_is_help=True, help="Database schema migrations.")
 tenants_app = typer.Typer(no_args_is_help=True, help="Create, list, suspend and delete tenants.")
+clients_app = typer.Typer(
+    no_args_is_help=True, help="API clients (service accounts) and their secrets."
+)
+keys_app = typer.Typer(no_args_is_help=True, help="Key rotation.")
 app.add_typer(db_app, name="db")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(clients_app, name="clients")
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 err = Console(stderr=True)
@@ -84,10 +92,16 @@ def _container(*, create_keys: bool = False, migrate: bool = False) -> Iterator[
         if migrate:
             ensure_schema(container.engine, settings)
         yield container
-    except (StartupError, StorageError) as exc:
+    except (StartupError, StorageError, ServiceError, AuthError) as exc:
         _fail(getattr(exc, "message", str(exc)))
     finally:
         container.close()
+
+
+@contextmanager
+def _services() -> Iterator[Services]:
+    with _container(migrate=True) as container:
+        yield build_services(container)
 
 
 def _print_json(data: Any) -> None:
@@ -105,10 +119,16 @@ def init(
     settings = _settings()
     key_file = settings.resolved_master_key_file
     already = settings.master_key is not None or key_file.exists()
+    admin = None
     with console.status("initialising data directory..."), _container(create_keys=True) as c:
         schema.upgrade(c.engine)
         revision = schema.current_revision(c.engine)
-    if already and if_missing:
+        services = build_services(c)
+        if not services.tenants.list_clients(None, tenant=None):
+            admin = services.tenants.create_client(
+                None, tenant=None, role="platform-admin", name="first platform admin"
+            )
+    if already and if_missing and admin is None:
         console.print(f"data directory {settings.data_dir} already initialised (schema {revision})")
         return
     console.print(f"[green]initialised[/] {settings.data_dir} (schema {revision})")
@@ -116,6 +136,11 @@ def init(
         console.print(
             f"master key written to {key_file} (mode 0600): back it up; "
             "without it no model can be unsealed"
+        )
+    if admin is not None:
+        console.print(
+            "platform admin client created; its secret is shown [bold]only now[/]:\n"
+            f"  client_id:     {admin.client_id}\n  client_secret: {admin.client_secret}"
         )
 
 
@@ -134,10 +159,11 @@ def serve(
     try:
         container = build_container(settings, create_keys=True)
         ensure_schema(container.engine, settings)
-    except StartupError as exc:
-        _fail(str(exc))
+        services = build_services(container)
+    except (StartupError, StorageError) as exc:
+        _fail(getattr(exc, "message", str(exc)))
     try:
-        asyncio.run(run_gateway(container))
+        asyncio.run(run_gateway(container, services))
     except OSError as exc:
         _fail(f"cannot start: {exc}")
     finally:
@@ -178,8 +204,8 @@ def db_current(as_json: JsonFlag = False) -> None:
 @tenants_app.command("create")
 def tenants_create(name: str, as_json: JsonFlag = False) -> None:
     """Create a tenant (and its first key)."""
-    with _container(migrate=True) as c:
-        tenant = c.registry.create_tenant(name)
+    with _services() as s:
+        tenant = s.tenants.create(None, name)
     if as_json:
         _print_json(asdict(tenant))
     else:
@@ -189,8 +215,8 @@ def tenants_create(name: str, as_json: JsonFlag = False) -> None:
 @tenants_app.command("list")
 def tenants_list(as_json: JsonFlag = False) -> None:
     """List tenants."""
-    with _container(migrate=True) as c:
-        tenants = c.registry.list_tenants()
+    with _services() as s:
+        tenants = s.tenants.list_tenants(None)
     if as_json:
         _print_json([asdict(t) for t in tenants])
         return
@@ -203,16 +229,16 @@ def tenants_list(as_json: JsonFlag = False) -> None:
 @tenants_app.command("suspend")
 def tenants_suspend(name: str) -> None:
     """Suspend a tenant: its tokens stop working at once."""
-    with _container(migrate=True) as c:
-        c.registry.set_tenant_state(name, "suspended")
+    with _services() as s:
+        s.tenants.set_state(None, name, "suspended")
     console.print(f"tenant {name} suspended")
 
 
 @tenants_app.command("resume")
 def tenants_resume(name: str) -> None:
     """Reinstate a suspended tenant."""
-    with _container(migrate=True) as c:
-        c.registry.set_tenant_state(name, "active")
+    with _services() as s:
+        s.tenants.set_state(None, name, "active")
     console.print(f"tenant {name} active")
 
 
@@ -226,9 +252,85 @@ def tenants_delete(
         typer.confirm(
             f"Delete tenant {name} and destroy its keys? This cannot be undone", abort=True
         )
-    with _container(migrate=True) as c:
-        c.registry.delete_tenant(name)
+    with _services() as s:
+        s.tenants.delete(None, name)
     console.print(f"tenant {name} deleted; its keys are destroyed")
+
+
+# --- clients ------------------------------------------------------------------
+TenantOption = Annotated[
+    str | None, typer.Option("--tenant", help="Tenant name; omit for a platform client.")
+]
+
+
+@clients_app.command("create")
+def clients_create(
+    role: Annotated[
+        str, typer.Option("--role", help="platform-admin, auditor, tenant-admin, tenant-client")
+    ],
+    tenant: TenantOption = None,
+    name: Annotated[str, typer.Option(help="A label for people.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a client; its secret is printed once and cannot be shown again."""
+    with _services() as s:
+        client = s.tenants.create_client(None, tenant=tenant, role=role, name=name)
+    if as_json:
+        _print_json(asdict(client))
+        return
+    console.print(
+        f"[green]created[/] {client.role} client for {client.tenant or 'the platform'}; "
+        "the secret is shown [bold]only now[/]:\n"
+        f"  client_id:     {client.client_id}\n  client_secret: {client.client_secret}"
+    )
+
+
+@clients_app.command("list")
+def clients_list(tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """List a tenant's clients (or the platform's); secrets are never shown."""
+    with _services() as s:
+        clients = s.tenants.list_clients(None, tenant=tenant)
+    rows = [
+        {k: v for k, v in asdict(c).items() if k not in ("secret_hash", "tenant_id")}
+        for c in clients
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("client_id", "role", "name", "created", "revoked")
+    for c in clients:
+        table.add_row(
+            c.client_id,
+            c.role,
+            c.name,
+            c.created_at.isoformat(timespec="seconds"),
+            c.revoked_at.isoformat(timespec="seconds") if c.revoked_at else "",
+        )
+    console.print(table)
+
+
+@clients_app.command("revoke")
+def clients_revoke(client_id: str, tenant: TenantOption = None) -> None:
+    """Revoke a client: no new tokens, and its current tokens stop working."""
+    with _services() as s:
+        s.tenants.revoke_client(None, tenant=tenant, client_id=client_id)
+    console.print(f"client {client_id} revoked")
+
+
+# --- keys -------------------------------------------------------------------------
+@keys_app.command("rotate-signing")
+def keys_rotate_signing(as_json: JsonFlag = False) -> None:
+    """Move the token signing keys one step: next → primary → previous → retired."""
+    with console.status("rotating signing keys..."), _services() as s:
+        keys = s.signing_keys.rotate().keys
+    summary = [{"kid": k.kid, "alg": str(k.alg), "state": str(k.state)} for k in keys]
+    if as_json:
+        _print_json(summary)
+        return
+    table = Table("kid", "alg", "state")
+    for row in summary:
+        table.add_row(row["kid"], row["alg"], row["state"])
+    console.print(table)
 
 
 def main() -> None:

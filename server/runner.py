@@ -22,7 +22,7 @@ from server.service.health import HealthService
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from server.bootstrap import Container
+    from server.bootstrap import Container, Services
 
 log = structlog.get_logger(__name__)
 
@@ -38,13 +38,14 @@ class _UvicornServer(uvicorn.Server):
 class Gateway:
     """The REST and gRPC servers of one gateway process."""
 
-    def __init__(self, container: Container) -> None:
+    def __init__(self, container: Container, services: Services) -> None:
         settings = container.settings
         self.container = container
+        self.services = services
         self.metrics = Metrics()
         self.health = HealthService(container.engine)
-        self.app = create_app(health_service=self.health, metrics=self.metrics)
-        self.grpc = GrpcGateway(health_service=self.health)
+        self.app = create_app(services=services, health_service=self.health, metrics=self.metrics)
+        self.grpc = GrpcGateway(health_service=self.health, access=services.access)
         self.grpc_port = self.grpc.bind(f"{settings.host}:{settings.grpc_port}")
         config = uvicorn.Config(
             self.app,
@@ -66,6 +67,7 @@ class Gateway:
 
     async def serve(self) -> None:
         """Serve until ``stop()`` is called or a signal arrives."""
+        self.services.access.deny.start()
         await self.grpc.start()
         http_task = asyncio.create_task(self.http.serve())
         while not self.http.started:
@@ -84,6 +86,7 @@ class Gateway:
         await asyncio.gather(
             http_task, self.grpc.stop(self.container.settings.shutdown_grace_seconds)
         )
+        self.services.access.deny.stop()
         log.info("stopped")
 
     def stop(self) -> None:
@@ -91,9 +94,9 @@ class Gateway:
         self.stopping.set()
 
 
-async def run_gateway(container: Container) -> None:
+async def run_gateway(container: Container, services: Services) -> None:
     """Run one gateway until SIGTERM/SIGINT."""
-    gateway = Gateway(container)
+    gateway = Gateway(container, services)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.stop)

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from auth import TrustedIssuer
+
 
 class Settings(BaseSettings):
     """Everything an operator can set, with the defaults ``make run`` uses."""
@@ -51,6 +53,21 @@ class Settings(BaseSettings):
 
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """How long in-flight calls get to finish after SIGTERM."""
+
+    token_issuer: str = "sealserve"  # noqa: S105 - a name, not a secret
+    """``iss`` of the tokens this server issues."""
+
+    token_audience: str = "sealserve"  # noqa: S105 - a name, not a secret
+    """``aud`` of the tokens this server issues and accepts."""
+
+    token_lifetime_seconds: int = Field(default=900, gt=0, le=3600)
+    """Lifetime of issued access tokens (at most one hour)."""
+
+    signing_algorithm: Literal["ES256", "EdDSA"] = "ES256"
+    """Algorithm of newly generated token signing keys."""
+
+    trusted_issuers: list[TrustedIssuer] = Field(default_factory=list)
+    """External OIDC issuers whose tokens are accepted (JSON in ``SEALSERVE_TRUSTED_ISSUERS``)."""
 
     @model_validator(mode="after")
     def _production_needs_explicit_choices(self) -> Settings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from auth import errors as auth
 from server.errors import StartupError
 from server.service import errors as service
 from storage import errors as storage
@@ -32,7 +33,20 @@ class ErrorSpec:
 INTERNAL = ErrorSpec(HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL", "internal", expose_message=False)
 INTERNAL_MESSAGE = "internal server error"
 
+UNAUTHENTICATED = ErrorSpec(HTTPStatus.UNAUTHORIZED, "UNAUTHENTICATED", "unauthenticated")
+
 ERROR_TABLE: dict[type[BaseException], ErrorSpec] = {
+    auth.AuthError: UNAUTHENTICATED,
+    auth.Unauthenticated: UNAUTHENTICATED,
+    auth.TokenExpired: UNAUTHENTICATED,
+    auth.PermissionDenied: ErrorSpec(HTTPStatus.FORBIDDEN, "PERMISSION_DENIED", "forbidden"),
+    auth.OAuthError: ErrorSpec(HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", "invalid_request"),
+    auth.InvalidClient: ErrorSpec(HTTPStatus.UNAUTHORIZED, "UNAUTHENTICATED", "invalid_client"),
+    auth.InvalidScope: ErrorSpec(HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", "invalid_scope"),
+    auth.InvalidGrant: ErrorSpec(HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", "invalid_grant"),
+    auth.UnsupportedGrantType: ErrorSpec(
+        HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", "unsupported_grant_type"
+    ),
     storage.NotFound: ErrorSpec(HTTPStatus.NOT_FOUND, "NOT_FOUND", "not_found"),
     storage.Conflict: ErrorSpec(HTTPStatus.CONFLICT, "ALREADY_EXISTS", "conflict"),
     storage.InvalidInput: ErrorSpec(HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", "invalid_request"),

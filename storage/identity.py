@@ -58,6 +58,15 @@ class SigningKeyRecord:
     retired_after: datetime | None
 
 
+@dataclass(frozen=True)
+class DenySnapshot:
+    """Revoked token ids, suspended tenant ids and revoked client ids, at one moment."""
+
+    token_ids: frozenset[str]
+    suspended_tenants: frozenset[str]
+    revoked_clients: frozenset[str]
+
+
 def _client(row: Client) -> ClientRecord:
     return ClientRecord(
         client_id=row.client_id,
@@ -134,15 +143,19 @@ class IdentityStore:
             if session.get(RevokedToken, jti) is None:
                 session.add(RevokedToken(jti=jti, expires_at=expires_at))
 
-    def denied(self, *, now: datetime) -> tuple[frozenset[str], frozenset[str]]:
-        """Revoked token ids still unexpired, and suspended tenant ids; prunes expired ids."""
+    def denied(self, *, now: datetime) -> DenySnapshot:
+        """What must be refused now; prunes token ids whose tokens have expired anyway."""
         with unit_of_work(self._sessions) as session:
             session.execute(delete(RevokedToken).where(RevokedToken.expires_at < now))
-            jtis = frozenset(session.scalars(select(RevokedToken.jti)))
-            suspended = frozenset(
-                session.scalars(select(Tenant.id).where(Tenant.state == "suspended"))
+            return DenySnapshot(
+                token_ids=frozenset(session.scalars(select(RevokedToken.jti))),
+                suspended_tenants=frozenset(
+                    session.scalars(select(Tenant.id).where(Tenant.state == "suspended"))
+                ),
+                revoked_clients=frozenset(
+                    session.scalars(select(Client.client_id).where(Client.revoked_at.is_not(None)))
+                ),
             )
-            return jtis, suspended
 
     # --- signing keys -----------------------------------------------------------------
     def load_signing_keys(self) -> list[SigningKeyRecord]:

@@ -5,9 +5,8 @@ Revises: 0001
 Create Date: 2026-11-28
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = "0002"
 down_revision = "0001"
@@ -18,7 +17,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "revoked_tokens",
-        sa.Column("jti", sa.String(length=128), nullable=False),
+        sa.Column("jti", sa.String(length=256), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("jti", name=op.f("pk_revoked_tokens")),

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from starlette.concurrency import run_in_threadpool
 
+from server.grpc.interceptors import GatewayInterceptor
+
 if TYPE_CHECKING:
+    from server.service.access import AccessControl
     from server.service.health import HealthService
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -20,18 +23,22 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class GrpcGateway:
     """A ``grpc.aio`` server plus the task that keeps its health status current."""
 
-    def __init__(self, *, health_service: HealthService, poll_seconds: float = 2.0) -> None:
+    def __init__(
+        self, *, health_service: HealthService, access: AccessControl, poll_seconds: float = 2.0
+    ) -> None:
         self.server = grpc.aio.server(
+            interceptors=[GatewayInterceptor(access)],
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ]
+            ],
         )
         self._health_service = health_service
         self._poll_seconds = poll_seconds
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.services: list[Any] = [health_pb2.DESCRIPTOR.services_by_name["Health"]]
         self._task: asyncio.Task[None] | None = None
 
     def bind(self, address: str) -> int:
@@ -41,6 +48,15 @@ class GrpcGateway:
             msg = f"cannot listen for gRPC on {address}"
             raise OSError(msg)
         return port
+
+    @property
+    def method_names(self) -> list[str]:
+        """Every registered method as ``/package.Service/Method`` (for the policy check)."""
+        return [
+            f"/{service.full_name}/{method.name}"
+            for service in self.services
+            for method in service.methods
+        ]
 
     async def start(self) -> None:
         """Start serving and reporting health."""

@@ -4,30 +4,35 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
+from fastapi import Depends, FastAPI
 
+from server.rest.deps import enforce_policy
 from server.rest.errors import install_error_handlers
 from server.rest.middleware import RequestContextMiddleware
-from server.rest.routes import health
+from server.rest.routes import auth, health, tenants
 
 if TYPE_CHECKING:
+    from server.bootstrap import Services
     from server.metrics import Metrics
     from server.service.health import HealthService
 
 
-def create_app(*, health_service: HealthService, metrics: Metrics) -> FastAPI:
+def create_app(*, services: Services, health_service: HealthService, metrics: Metrics) -> FastAPI:
     """Build the REST app around already-built services (the app owns none of them)."""
     app = FastAPI(
         title="sealserve",
         version="0.1.0",
-        default_response_class=ORJSONResponse,
         docs_url="/docs",
         redoc_url=None,
+        # Every route passes the policy table before its body runs.
+        dependencies=[Depends(enforce_policy)],
     )
+    app.state.services = services
     app.state.container_health = health_service
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(tenants.router)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

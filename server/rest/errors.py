@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from auth import InvalidClient, OAuthError
 from server.status import ERROR_TABLE, public_message, spec_for
 
 if TYPE_CHECKING:
@@ -43,7 +44,25 @@ def _validation_message(exc: RequestValidationError) -> str:
     return f"invalid request: {where or 'body'}: {first.get('msg', 'malformed')}"
 
 
+def _oauth_error(request: Request, exc: OAuthError) -> Response:
+    """RFC 6749 §5.2: ``{"error": code, "error_description": text}``, never cached."""
+    spec = spec_for(exc)
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    if isinstance(exc, InvalidClient):
+        headers["WWW-Authenticate"] = 'Basic realm="sealserve"'
+    body = {
+        "error": exc.error_code,
+        "error_description": exc.message,
+        "request_id": request.scope.get("state", {}).get("request_id"),
+    }
+    return Response(
+        orjson.dumps(body), status_code=spec.http, media_type="application/json", headers=headers
+    )
+
+
 async def _handle_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, OAuthError):
+        return _oauth_error(request, exc)
     spec = spec_for(exc)
     if not spec.expose_message:
         log.error(
@@ -52,11 +71,20 @@ async def _handle_error(request: Request, exc: Exception) -> Response:
             detail=getattr(exc, "detail", None),
             exc_info=exc,
         )
+    elif getattr(exc, "detail", None):
+        log.info("request refused", error_type=type(exc).__name__, detail=exc.detail)  # type: ignore[attr-defined]
     headers: dict[str, str] = {}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, round(retry_after)))
-    headers.update(getattr(exc, "headers", None) or {})
+    if spec.http == HTTPStatus.UNAUTHORIZED:
+        # RFC 6750 §3: say how to authenticate; name the error only if a token was sent.
+        sent = "authorization" in request.headers
+        headers["WWW-Authenticate"] = (
+            'Bearer realm="sealserve", error="invalid_token"'
+            if sent
+            else 'Bearer realm="sealserve"'
+        )
     return error_response(
         request,
         status=spec.http,

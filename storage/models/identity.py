@@ -61,7 +61,7 @@ class RevokedToken(Base):
 
     __tablename__ = "revoked_tokens"
 
-    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(256), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(TZDateTime(), index=True)
     revoked_at: Mapped[created_at]
 

@@ -83,7 +83,7 @@ def test_cli_tenants_against_the_same_database(server) -> None:
 
 
 def test_db_commands(tmp_path) -> None:
-    """db current / downgrade / upgrade report and move the schema."""
+    """Db current / downgrade / upgrade report and move the schema."""
     env = server_env(tmp_path)
     cli("init", env=env)
     assert json.loads(cli("db", "current", "--json", env=env).stdout)["up_to_date"] is True

@@ -1,0 +1,128 @@
+"""The one gRPC interceptor: policy check before the servicer, error table after.
+
+It wraps every registered method's handler, so no RPC can skip
+authentication or leave with an unmapped error. The authenticated principal
+is handed to servicers through a context variable set for that call only.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import structlog
+
+from server.policy import grpc_operation
+from server.status import public_message, spec_for
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from auth import Principal
+    from server.service.access import AccessControl
+
+log = structlog.get_logger(__name__)
+_principal: ContextVar[Principal | None] = ContextVar("grpc_principal", default=None)
+
+
+def current_principal() -> Principal | None:
+    """The principal of the gRPC call being served (``None`` for public methods)."""
+    return _principal.get()
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    """End the call with the status the error table gives ``exc``."""
+    spec = spec_for(exc)
+    if not spec.expose_message:
+        log.error(
+            "unhandled error",
+            error_type=type(exc).__name__,
+            detail=getattr(exc, "detail", None),
+            exc_info=exc,
+        )
+    context.set_trailing_metadata((("error-code", spec.public_code),))
+    await context.abort(grpc.StatusCode[spec.grpc], public_message(exc, spec))
+
+
+class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Authenticate and authorize by the policy table; map errors by the error table."""
+
+    def __init__(self, access: AccessControl) -> None:
+        self._access = access
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Wrap the method's handler (unknown methods fall through to UNIMPLEMENTED)."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        operation = grpc_operation(method)
+        metadata = handler_call_details.invocation_metadata or ()
+        authorization = next(
+            (str(value) for key, value in metadata if key == "authorization"), None
+        )
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, operation, authorization),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, operation, authorization),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # no streaming-request methods are served
+
+    def _unary(
+        self, inner: Callable[..., Any], operation: str | None, authorization: str | None
+    ) -> Callable[..., Awaitable[Any]]:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                token = _principal.set(self._access.check(operation, authorization))
+            except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
+                await abort_with(context, exc)
+                return None
+            try:
+                return await inner(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
+                await abort_with(context, exc)
+                return None
+            finally:
+                _principal.reset(token)
+
+        return behavior
+
+    def _stream(
+        self,
+        inner: Callable[..., AsyncIterator[Any]],
+        operation: str | None,
+        authorization: str | None,
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def behavior(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            try:
+                token = _principal.set(self._access.check(operation, authorization))
+            except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
+                await abort_with(context, exc)
+                return
+            try:
+                async for item in inner(request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
+                await abort_with(context, exc)
+            finally:
+                _principal.reset(token)
+
+        return behavior

@@ -1,0 +1,286 @@
+"""Access control through a real server over REST: crafted tokens, tenants, clients, OAuth.
+
+The crafted-token table (``tests/auth_cases.py``) is the same one the unit
+suite runs against the verifier; here every case goes through HTTP to a real
+``sealserve serve`` whose database holds the table's keys, deny-list and
+suspended tenant, and which trusts the table's external issuer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.auth_cases import CASES, Outcome, TokenCase, make_context
+from tests.servers import cli, start_server
+from tests.tokens_setup import prepare_data_dir
+
+ADMIN_ROUTE = "/admin/v1/tenants"
+BEARER_GRAMMAR = "authorization must be 'Bearer <token>'"
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    """The crafted-token context (keys in every state, external issuer)."""
+    return make_context()
+
+
+@pytest.fixture(scope="module")
+def server(ctx, tmp_path_factory):
+    """A server whose signing keys, deny-list and trusted issuer come from ``ctx``."""
+    data_dir = tmp_path_factory.mktemp("access")
+    env = prepare_data_dir(ctx, data_dir)
+    running = start_server(env, data_dir / "server.log")
+    yield running, env
+    running.stop()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_crafted_token_on_admin_route(case: TokenCase, ctx, server) -> None:
+    """Every attack is a 401 naming its reason; every control token is authenticated."""
+    running, _ = server
+    token = case.make(ctx)
+    # HTTP trims trailing blanks from header values: "Bearer " arrives as "Bearer".
+    # Header values go on the wire as bytes (UTF-8 here, as a hostile client may send).
+    value = f"Bearer {token}".strip().encode()
+    reply = httpx.get(running.url + ADMIN_ROUTE, headers={"Authorization": value})
+    assert reply.status_code != 500
+    if case.outcome is Outcome.ACCEPT:
+        # Authenticated: a tenant token lacks tenants:manage (403), a platform token passes.
+        assert reply.status_code in (200, 403), reply.text
+    else:
+        assert reply.status_code == 401, (case.name, reply.text)
+        # The transport's Bearer grammar may refuse a token before the verifier sees it.
+        assert reply.json()["error"] in (case.message, BEARER_GRAMMAR), case.name
+        assert reply.headers["www-authenticate"].startswith("Bearer")
+
+
+def _token(running, client_id: str, secret: str, **form: str) -> httpx.Response:
+    return httpx.post(
+        f"{running.url}/v1/auth/token",
+        auth=(client_id, secret),
+        data={"grant_type": "client_credentials", **form},
+    )
+
+
+@pytest.fixture(scope="module")
+def admin(server):
+    """A platform admin client and its bearer header."""
+    running, env = server
+    created = json.loads(
+        cli("clients", "create", "--role", "platform-admin", "--json", env=env).stdout
+    )
+    reply = _token(running, created["client_id"], created["client_secret"])
+    assert reply.status_code == 200, reply.text
+    return created, {"Authorization": f"Bearer {reply.json()['access_token']}"}
+
+
+def test_token_endpoint_answers_in_oauth_shape(server, admin) -> None:
+    """Issued tokens carry the documented fields; errors use RFC 6749 codes, never cached."""
+    running, _ = server
+    created, _ = admin
+    ok = _token(running, created["client_id"], created["client_secret"], scope="tenants:manage")
+    body = ok.json()
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 900
+    assert body["scope"] == "tenants:manage"
+    assert ok.headers["cache-control"] == "no-store"
+    header = json.loads(base64.urlsafe_b64decode(body["access_token"].split(".")[0] + "=="))
+    assert header["typ"] == "at+jwt"
+    assert header["alg"] == "ES256"
+    cases = {
+        "wrong secret": (_token(running, created["client_id"], "cs_wrong"), 401, "invalid_client"),
+        "unknown client": (_token(running, "cl_nobody", "cs_x"), 401, "invalid_client"),
+        "scope beyond role": (
+            _token(running, created["client_id"], created["client_secret"], scope="infer"),
+            400,
+            "invalid_scope",
+        ),
+        "grant type": (
+            httpx.post(
+                f"{running.url}/v1/auth/token",
+                auth=(created["client_id"], created["client_secret"]),
+                data={"grant_type": "password"},
+            ),
+            400,
+            "unsupported_grant_type",
+        ),
+        "not a form": (
+            httpx.post(f"{running.url}/v1/auth/token", json={"grant_type": "client_credentials"}),
+            400,
+            "invalid_request",
+        ),
+    }
+    for name, (reply, status, code) in cases.items():
+        assert (reply.status_code, reply.json()["error"]) == (status, code), name
+        assert reply.headers["cache-control"] == "no-store", name
+    assert (
+        cases["wrong secret"][0].json()["error_description"]
+        == cases["unknown client"][0].json()["error_description"]
+    )
+
+
+def test_form_credentials_work_too(server, admin) -> None:
+    """Client credentials may come as form fields instead of HTTP Basic."""
+    running, _ = server
+    created, _ = admin
+    reply = httpx.post(
+        f"{running.url}/v1/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": created["client_id"],
+            "client_secret": created["client_secret"],
+        },
+    )
+    assert reply.status_code == 200
+
+
+def test_tenant_and_client_lifecycle_over_rest(server, admin) -> None:
+    """Create tenant and client; the client's token works; revoke and suspend take effect at once."""
+    running, _ = server
+    _, headers = admin
+    assert (
+        httpx.post(running.url + ADMIN_ROUTE, json={"name": "rest-co"}, headers=headers).status_code
+        == 201
+    )
+    assert (
+        httpx.post(running.url + ADMIN_ROUTE, json={"name": "rest-co"}, headers=headers).status_code
+        == 409
+    )
+    bad = httpx.post(running.url + ADMIN_ROUTE, json={"name": "Bad Name"}, headers=headers)
+    assert bad.status_code == 400
+    assert "tenant name" in bad.json()["error"]
+    created = httpx.post(
+        f"{running.url}{ADMIN_ROUTE}/rest-co/clients",
+        json={"role": "tenant-admin"},
+        headers=headers,
+    )
+    assert created.status_code == 201
+    client = created.json()
+    wrong_role = httpx.post(
+        f"{running.url}{ADMIN_ROUTE}/rest-co/clients",
+        json={"role": "platform-admin"},
+        headers=headers,
+    )
+    assert wrong_role.status_code == 400
+    listed = httpx.get(f"{running.url}{ADMIN_ROUTE}/rest-co/clients", headers=headers).json()[
+        "clients"
+    ]
+    assert [c["client_id"] for c in listed] == [client["client_id"]]
+    assert "secret" not in json.dumps(listed)
+
+    token = _token(running, client["client_id"], client["client_secret"]).json()["access_token"]
+    tenant_headers = {"Authorization": f"Bearer {token}"}
+    # A tenant admin is authenticated but may not manage tenants.
+    assert httpx.get(running.url + ADMIN_ROUTE, headers=tenant_headers).status_code == 403
+
+    assert (
+        httpx.post(f"{running.url}{ADMIN_ROUTE}/rest-co/suspend", headers=headers).status_code
+        == 200
+    )
+    suspended = httpx.get(running.url + ADMIN_ROUTE, headers=tenant_headers)
+    assert (suspended.status_code, suspended.json()["error"]) == (401, "tenant is suspended")
+    refused = _token(running, client["client_id"], client["client_secret"])
+    assert (refused.status_code, refused.json()["error"]) == (400, "invalid_grant")
+    assert (
+        httpx.post(f"{running.url}{ADMIN_ROUTE}/rest-co/resume", headers=headers).status_code == 200
+    )
+    assert httpx.get(running.url + ADMIN_ROUTE, headers=tenant_headers).status_code == 403
+
+    revoke = httpx.delete(
+        f"{running.url}{ADMIN_ROUTE}/rest-co/clients/{client['client_id']}", headers=headers
+    )
+    assert revoke.status_code == 204
+    assert httpx.get(running.url + ADMIN_ROUTE, headers=tenant_headers).status_code == 401
+    assert _token(running, client["client_id"], client["client_secret"]).status_code == 401
+    assert httpx.delete(f"{running.url}{ADMIN_ROUTE}/rest-co", headers=headers).status_code == 204
+    assert httpx.get(f"{running.url}{ADMIN_ROUTE}/rest-co", headers=headers).status_code == 404
+
+
+def test_rfc7009_revocation(server, admin) -> None:
+    """A client revokes its own token; the token stops working at once."""
+    running, _ = server
+    created, _ = admin
+    token = _token(running, created["client_id"], created["client_secret"]).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(running.url + ADMIN_ROUTE, headers=headers).status_code == 200
+    reply = httpx.post(
+        f"{running.url}/v1/auth/revoke",
+        auth=(created["client_id"], created["client_secret"]),
+        data={"token": token},
+    )
+    assert reply.status_code == 200
+    denied = httpx.get(running.url + ADMIN_ROUTE, headers=headers)
+    assert (denied.status_code, denied.json()["error"]) == (401, "token has been revoked")
+
+
+def test_jwks_publishes_public_keys_only(server, ctx) -> None:
+    """JWKS lists next, primary and previous keys, never private members or retired keys."""
+    running, _ = server
+    keys = httpx.get(f"{running.url}/.well-known/jwks.json").json()["keys"]
+    published = {k["kid"] for k in keys}
+    expected = {k.kid for k in ctx.keys if k.state.value in ("next", "primary", "previous")}
+    assert published == expected
+    assert not any("d" in k for k in keys)
+
+
+def test_malformed_admin_body_is_400(server, admin) -> None:
+    """A bad JSON body names the problem with a 400, not a 422 or 500."""
+    running, _ = server
+    _, headers = admin
+    reply = httpx.post(
+        running.url + ADMIN_ROUTE,
+        content=b"{nope",
+        headers={**headers, "content-type": "application/json"},
+    )
+    assert reply.status_code == 400
+    assert reply.json()["code"] == "invalid_request"
+    extra = httpx.post(
+        running.url + ADMIN_ROUTE, json={"name": "x", "admin": True}, headers=headers
+    )
+    assert extra.status_code == 400
+    assert "admin" in extra.json()["error"]
+
+
+def test_no_secret_reaches_the_logs(server, admin) -> None:
+    """A full token flow, failed attempts included, leaves no secret, token or key in the logs."""
+    running, env = server
+    created, headers = admin
+    client = httpx.post(f"{running.url}{ADMIN_ROUTE}", json={"name": "logs-co"}, headers=headers)
+    assert client.status_code == 201
+    tenant_client = httpx.post(
+        f"{running.url}{ADMIN_ROUTE}/logs-co/clients",
+        json={"role": "tenant-client"},
+        headers=headers,
+    ).json()
+    secrets_seen = [
+        created["client_secret"],
+        tenant_client["client_secret"],
+        headers["Authorization"].split()[1],
+    ]
+    good = _token(running, tenant_client["client_id"], tenant_client["client_secret"]).json()[
+        "access_token"
+    ]
+    secrets_seen.append(good)
+    _token(
+        running, tenant_client["client_id"], tenant_client["client_secret"] + "x"
+    )  # wrong secret
+    _token(running, "cl_unknown", tenant_client["client_secret"])  # right secret, wrong id
+    httpx.get(running.url + ADMIN_ROUTE, headers={"Authorization": f"Bearer {good}"})  # 403
+    httpx.get(running.url + ADMIN_ROUTE, headers={"Authorization": f"Bearer {good[:-3]}abc"})  # 401
+    httpx.post(
+        f"{running.url}/v1/auth/revoke",
+        auth=(tenant_client["client_id"], tenant_client["client_secret"]),
+        data={"token": good},
+    )
+    master_key = (Path(env["SEALSERVE_DATA_DIR"]) / "master.key").read_text().strip()
+    secrets_seen.append(master_key)
+    log = running.output()
+    assert '"request refused"' in log  # the refusals were logged (with their reasons)...
+    for secret in secrets_seen:
+        assert secret not in log  # ...but nothing secret was
+        assert secret[:24] not in log  # not even a prefix
