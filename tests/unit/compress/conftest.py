@@ -1,0 +1,179 @@
+"""Shared fixtures for the compress tests: the digits data and models trained once per session.
+
+The digits CNN is the one the issue's targets are stated for: Conv-Conv-Dense,
+about 56k parameters, about 99% test accuracy on scikit-learn's 8x8 digits
+(reshaped to 8x8x1, scaled to [0, 1], split 75/25 with ``random_state=0``),
+trained with fixed seeds. Everything heavy is session-scoped: the machine has
+two busy cores.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from compress import _tf
+
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Digits:
+    """The digits split, inputs shaped (n, 8, 8, 1) in [0, 1]."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """The digits split written as the .npz files a tenant uploads."""
+
+    training: Path
+    evaluation: Path
+    calibration: Path
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained Keras model, its .keras file, and its test accuracy."""
+
+    model: Any
+    path: Path
+    accuracy: float
+
+
+def contents(directory: Path) -> set[Path]:
+    """Every path under ``directory``, relative to it."""
+    return {path.relative_to(directory) for path in directory.rglob("*")}
+
+
+@pytest.fixture(scope="session")
+def digits() -> Digits:
+    """scikit-learn's digits, split with random_state=0."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[..., None]
+    y = data.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=SEED)
+    return Digits(x_train, y_train, x_test, y_test)
+
+
+@pytest.fixture(scope="session")
+def data_files(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
+    """training.npz and evaluation.npz (x, y) and calibration.npz (x only)."""
+    directory = tmp_path_factory.mktemp("data")
+    files = DataFiles(
+        training=directory / "training.npz",
+        evaluation=directory / "evaluation.npz",
+        calibration=directory / "calibration.npz",
+    )
+    np.savez(files.training, x=digits.x_train, y=digits.y_train)
+    np.savez(files.evaluation, x=digits.x_test, y=digits.y_test)
+    np.savez(files.calibration, x=digits.x_train[:200])
+    return files
+
+
+def _train(model: Any, digits: Digits, *, epochs: int) -> float:
+    keras = _tf.keras()
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(digits.x_train, digits.y_train, epochs=epochs, batch_size=32, verbose=0)
+    return float(model.evaluate(digits.x_test, digits.y_test, verbose=0)[1])
+
+
+@pytest.fixture(scope="session")
+def cnn(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """The target model: Conv-Conv-Dense, 56,086 parameters, about 99% on the test split."""
+    keras = _tf.keras()
+    layers = keras.layers
+    keras.utils.set_random_seed(SEED)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(36, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ],
+        name="digits_cnn",
+    )
+    accuracy = _train(model, digits, epochs=30)
+    path = tmp_path_factory.mktemp("cnn") / "cnn.keras"
+    model.save(path)
+    return TrainedModel(model, path, accuracy)
+
+
+@pytest.fixture(scope="session")
+def mlp_chain(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """A functional MLP with three same-width hidden layers: room for layer cutting."""
+    keras = _tf.keras()
+    layers = keras.layers
+    keras.utils.set_random_seed(SEED)
+    inputs = keras.Input((8, 8, 1))
+    hidden = layers.Flatten()(inputs)
+    hidden = layers.Dense(32, activation="relu")(hidden)
+    for _ in range(3):
+        hidden = layers.Dense(32, activation="relu")(hidden)
+    outputs = layers.Dense(10, activation="softmax")(hidden)
+    model = keras.Model(inputs, outputs, name="mlp_chain")
+    accuracy = _train(model, digits, epochs=25)
+    path = tmp_path_factory.mktemp("mlp") / "mlp.keras"
+    model.save(path)
+    return TrainedModel(model, path, accuracy)
+
+
+def zip_directory(directory: Path, target: Path) -> Path:
+    """Zip ``directory``'s contents (paths relative to it) into ``target``."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(directory).as_posix())
+    return target
+
+
+@pytest.fixture(scope="session")
+def cnn_export(cnn: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CNN as a SavedModel directory written by ``model.export()``."""
+    directory = tmp_path_factory.mktemp("export") / "saved_model"
+    cnn.model.export(str(directory), format="tf_saved_model", verbose=False)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def cnn_saved_model_zip(cnn_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The exported CNN SavedModel packed as .zip."""
+    return zip_directory(cnn_export, tmp_path_factory.mktemp("smzip") / "model.zip")
+
+
+@pytest.fixture(scope="session")
+def cnn_saved_model_tgz(cnn_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The exported CNN SavedModel packed as .tar.gz (top-level directory inside)."""
+    base = tmp_path_factory.mktemp("smtgz") / "model"
+    archive = shutil.make_archive(
+        str(base), "gztar", root_dir=cnn_export.parent, base_dir=cnn_export.name
+    )
+    return Path(archive)
+
+
+@pytest.fixture
+def staging(tmp_path: Path) -> Path:
+    """A job's private staging directory, inside the test's own tmp_path."""
+    directory = tmp_path / "staging"
+    directory.mkdir()
+    return directory
