@@ -89,8 +89,8 @@ KERAS_FUNCTIONS = _names(
     "relu relu6 leaky_relu elu selu gelu silu swish mish sigmoid hard_sigmoid hard_silu "
     "hard_swish softmax log_softmax softplus softsign tanh exponential linear "
     "sparse_categorical_crossentropy categorical_crossentropy binary_crossentropy "
-    "mean_squared_error mean_absolute_error mse mae huber kl_divergence "
-    "sparse_categorical_accuracy categorical_accuracy binary_accuracy accuracy "
+    "mean_squared_error mean_absolute_error huber kl_divergence "
+    "sparse_categorical_accuracy categorical_accuracy binary_accuracy "
     "sparse_top_k_categorical_accuracy top_k_categorical_accuracy"
 )
 
@@ -127,7 +127,7 @@ GRAPH_OPS = _names(
     # reductions, linear algebra, neural network kernels
     "Sum Mean Max Min Prod All Any ArgMax ArgMin Cumsum Cumprod TopKV2 "
     "MatMul BatchMatMul BatchMatMulV2 BatchMatMulV3 Einsum BiasAdd "
-    "Conv1D Conv2D Conv3D Conv2DBackpropInput Conv3DBackpropInputV2 "
+    "Conv2D Conv3D Conv2DBackpropInput Conv3DBackpropInputV2 "
     "DepthwiseConv2dNative MaxPool MaxPoolV2 MaxPool3D AvgPool AvgPool3D "
     "FusedBatchNorm FusedBatchNormV2 FusedBatchNormV3 L2Loss "
     "ResizeBilinear ResizeNearestNeighbor ResizeBicubic "

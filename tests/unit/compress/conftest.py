@@ -177,3 +177,54 @@ def staging(tmp_path: Path) -> Path:
     directory = tmp_path / "staging"
     directory.mkdir()
     return directory
+
+
+def save_lambda_model(path: Path) -> Path:
+    """A .keras model with a Lambda layer: pickled Python bytecode in its config."""
+    keras = _tf.keras()
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Lambda(lambda t: t * 2)]
+    )
+    model.save(path)
+    return path
+
+
+def save_hostile_saved_model(directory: Path, behaviour: str) -> Path:
+    """A SavedModel whose serving function does something a served model must not.
+
+    The functions are traced and saved, never run: saving writes nothing but
+    the SavedModel itself.
+    """
+    tf = _tf.tensorflow()
+    spec = tf.TensorSpec([None, 4], tf.float32)
+
+    def read_file(x: Any) -> Any:
+        return x + tf.cast(tf.strings.length(tf.io.read_file("/etc/hostname")), tf.float32)
+
+    def write_file(x: Any) -> Any:
+        tf.io.write_file(str(directory.parent / "written-by-model"), "owned")
+        return x
+
+    def print_input(x: Any) -> Any:
+        tf.print("input:", x)
+        return x
+
+    def save_v2(x: Any) -> Any:
+        prefix = str(directory.parent / "ckpt")
+        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=["x"], shape_and_slices=[""], tensors=[x])
+        return x
+
+    bodies = {
+        "read_file": read_file,
+        "write_file": write_file,
+        "py_function": lambda x: tf.py_function(lambda a: a * 2, [x], tf.float32),
+        "numpy_function": lambda x: tf.numpy_function(lambda a: a * 2, [x], tf.float32),
+        "print": print_input,
+        "save_v2": save_v2,
+        "none": lambda x: x * 2.0,
+    }
+    body = bodies[behaviour]
+    module = tf.Module()
+    module.serve = tf.function(body, input_signature=[spec])
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+    return directory
