@@ -135,6 +135,33 @@ def _saved_model_root(directory: Path) -> Path:
     return candidates[0]
 
 
+class _SavedModelPredictor:
+    """Batched inference through a SavedModel's ``serving_default`` signature.
+
+    Holds the loaded object itself, not just the signature: the signature only
+    references the variables weakly, and they vanish with the loaded object.
+    """
+
+    def __init__(self, root: Path) -> None:
+        tf = _tf.tensorflow()
+        self._tf = tf
+        self._loaded = tf.saved_model.load(str(root))
+        self.function = self._loaded.signatures["serving_default"]
+        (self._input, self.spec), *more_inputs = self.function.structured_input_signature[1].items()
+        (self._output, *more_outputs) = self.function.structured_outputs
+        if more_inputs or more_outputs:
+            raise UnsupportedFormat("only models with one input and one output are supported")
+
+    def __call__(self, x: npt.NDArray[Any]) -> FloatArray:
+        parts = [
+            self.function(**{self._input: self._tf.constant(x[start : start + _BATCH])})[
+                self._output
+            ].numpy()
+            for start in range(0, len(x), _BATCH)
+        ]
+        return np.concatenate(parts).astype(np.float32)
+
+
 def _from_saved_model(
     path: Path, *, kind: ModelKind, workdir: Path, limits: IntakeLimits
 ) -> Source:
@@ -143,30 +170,20 @@ def _from_saved_model(
     unpack = unpack_zip if kind is ModelKind.SAVED_MODEL_ZIP else unpack_tar_gz
     root = _saved_model_root(unpack(path, destination=workdir / "saved_model", limits=limits))
     screen_saved_model(root)
-    tf = _tf.tensorflow()
     try:
-        function = tf.saved_model.load(str(root)).signatures["serving_default"]
-        (input_name, spec), *more_inputs = function.structured_input_signature[1].items()
-        (output_name, *more_outputs) = function.structured_outputs
+        predictor = _SavedModelPredictor(root)
+    except UnsupportedFormat:
+        raise
     except Exception as exc:  # TensorFlow raises many types for a bad SavedModel
         raise UnsupportedFormat(
             "the SavedModel could not be loaded or has no serving_default signature",
             detail=repr(exc),
         ) from exc
-    if more_inputs or more_outputs:
-        raise UnsupportedFormat("only models with one input and one output are supported")
-
-    def predict(x: npt.NDArray[Any]) -> FloatArray:
-        parts = [
-            function(**{input_name: tf.constant(x[start : start + _BATCH])})[output_name].numpy()
-            for start in range(0, len(x), _BATCH)
-        ]
-        return np.concatenate(parts).astype(np.float32)
-
-    total, zeros = parameter_counts(function.variables)
+    spec = predictor.spec
+    total, zeros = parameter_counts(predictor.function.variables)
     return Source(
         kind=kind,
-        predict=predict,
+        predict=predictor,
         input_shape=tuple(-1 if dim is None else int(dim) for dim in spec.shape),
         float_input=spec.dtype.is_floating,
         parameters=total,

@@ -11,6 +11,7 @@ without running the model.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +106,7 @@ def read_tflite(content: bytes) -> TFLiteFacts:
                 )
                 parameters += count
                 zeros += int(np.count_nonzero(values == 0))
-    except (IndexError, ValueError, TypeError, UnicodeError) as exc:
+    except (IndexError, ValueError, TypeError, UnicodeError, struct.error) as exc:
         raise UnsupportedFormat("the TFLite model is corrupt", detail=repr(exc)) from exc
     return TFLiteFacts(
         builtin_ops=frozenset(builtin),

@@ -228,3 +228,43 @@ def save_hostile_saved_model(directory: Path, behaviour: str) -> Path:
     module.serve = tf.function(body, input_signature=[spec])
     tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
     return directory
+
+
+def _converter(directory: Path) -> Any:
+    tf = _tf.tensorflow()
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(directory))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter
+
+
+@pytest.fixture(scope="session")
+def cnn_tflite(cnn_export: Path) -> bytes:
+    """The CNN as float32 TFLite, converted directly (not through compress)."""
+    return bytes(_converter(cnn_export).convert())
+
+
+@pytest.fixture(scope="session")
+def cnn_tflite_int8_io(cnn_export: Path, digits: Digits) -> bytes:
+    """The CNN fully quantized with int8 input and output tensors."""
+    tf = _tf.tensorflow()
+    converter = _converter(cnn_export)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([row[None]] for row in digits.x_train[:100])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return bytes(converter.convert())
+
+
+@pytest.fixture(scope="session")
+def broken_tflite(cnn: TrainedModel) -> bytes:
+    """A conversion that succeeds yet leaves the weights as uninitialised variables.
+
+    ``from_concrete_functions`` with the Keras 3 model as the trackable: the
+    converter path the issue warns about.
+    """
+    tf = _tf.tensorflow()
+    function = tf.function(cnn.model).get_concrete_function(
+        tf.TensorSpec([None, 8, 8, 1], tf.float32)
+    )
+    return bytes(tf.lite.TFLiteConverter.from_concrete_functions([function], cnn.model).convert())
