@@ -11,7 +11,7 @@ Greedy: at each of up to ``max_layers`` rounds, every remaining candidate is
 removed in turn, the model scored on the evaluation data, and the cheapest
 removal kept. Scoring on evaluation data is what the option asks for; it
 means the report's figures after cutting are not independent of the choice,
-which the report notes by listing each round's score. Fine-tuning on the
+which the report makes visible by listing each round's score. Fine-tuning on the
 training data (when given) then lets the neighbours absorb the loss.
 """
 
@@ -51,6 +51,17 @@ def _histories(node: object) -> list[str]:
     return found
 
 
+def _one_endpoint(value: object) -> bool:
+    """Whether a functional config's ``input_layers``/``output_layers`` names one tensor.
+
+    Keras writes a single endpoint as ``[name, node, tensor]`` and several as a
+    list of such triples.
+    """
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    return isinstance(value[0], str) or len(value) == 1
+
+
 def chain_layers(model: KerasModel) -> list[Any] | None:
     """The model's layers in order if it is a single chain, else ``None``."""
     keras = _tf.keras()
@@ -58,7 +69,9 @@ def chain_layers(model: KerasModel) -> list[Any] | None:
         return list(model.layers)
     config = model.get_config()
     entries = config.get("layers", [])
-    if len(config.get("input_layers", [])) != 1 or len(config.get("output_layers", [])) != 1:
+    if not (
+        _one_endpoint(config.get("input_layers")) and _one_endpoint(config.get("output_layers"))
+    ):
         return None
     for previous, entry in itertools.pairwise(entries):
         nodes = entry.get("inbound_nodes", [])
@@ -102,6 +115,7 @@ def cut(
     if evaluation is None or evaluation.y is None:
         raise InvalidData("layer cutting needs evaluation data with labels to choose layers")
     x, y, kind = evaluation.x, evaluation.y, settings.kind
+    metric = "accuracy" if kind.task is Task.CLASSIFICATION else "mse"
     layers = chain_layers(model)
     if layers is None:
         raise InvalidOptions("layer cutting needs a model that is a single chain of layers")
@@ -122,7 +136,7 @@ def cut(
         ]
         best_quality, best = max(scored)
         dropped.add(best)
-        rounds.append({"layer": layers[best].name, "score_before_fine_tune": abs(best_quality)})
+        rounds.append({"layer": layers[best].name, f"{metric}_before_fine_tune": abs(best_quality)})
     result = _rebuild(model, layers, dropped)
     epochs = fine_tune(
         result,

@@ -66,7 +66,7 @@ class CutOptions(_Options):
     """Remove up to ``max_layers`` shape-preserving layers that cost least, then fine-tune."""
 
     max_layers: int = Field(ge=1, le=100)
-    epochs: int = Field(default=5, ge=0, le=500, description="fine-tuning epochs")
+    epochs: int = Field(default=10, ge=0, le=500, description="fine-tuning epochs")
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
 
 
