@@ -1,0 +1,77 @@
+"""Conversion between the service layer's types and the worker protocol's messages.
+
+The only module that knows both ``server.service.types`` and ``worker_pb2``
+(MLServer's ``grpc/converters.py`` role). Tensor data crosses as raw bytes in
+both directions: ``to_raw`` on the way out, ``numpy.frombuffer`` (through
+``from_raw``) on the way in, so nothing here loops over elements except for
+``BYTES`` tensors, whose elements are length-prefixed.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from protos import worker_pb2
+from server.service.datatypes import from_raw, to_raw
+from server.service.errors import InvalidRequest
+from server.service.types import ModelKey, Tensor
+
+_PREFIX = "DATA_TYPE_"
+
+
+def datatype_to_pb(datatype: str) -> worker_pb2.DataType:
+    """The protocol enum value of an Open Inference Protocol datatype name."""
+    try:
+        return cast("worker_pb2.DataType", worker_pb2.DataType.Value(_PREFIX + datatype))
+    except ValueError:
+        raise InvalidRequest(f"unknown datatype {datatype!r}") from None
+
+
+def datatype_from_pb(value: int) -> str:
+    """The Open Inference Protocol name of a protocol enum value (never UNSPECIFIED)."""
+    if value == worker_pb2.DATA_TYPE_UNSPECIFIED:
+        raise InvalidRequest("datatype is not set")
+    try:
+        return str(worker_pb2.DataType.Name(value)).removeprefix(_PREFIX)
+    except ValueError:
+        raise InvalidRequest(f"unknown datatype number {value}") from None
+
+
+def tensor_to_pb(tensor: Tensor) -> worker_pb2.Tensor:
+    """A protocol tensor holding ``tensor``'s elements as raw little-endian bytes."""
+    return worker_pb2.Tensor(
+        name=tensor.name,
+        datatype=datatype_to_pb(tensor.datatype),
+        shape=tensor.shape,
+        data=to_raw(tensor.data, tensor.datatype),
+    )
+
+
+def tensor_from_pb(message: worker_pb2.Tensor) -> Tensor:
+    """A service tensor over the message's bytes (no copy for fixed-size types).
+
+    Raises ``InvalidRequest`` naming the tensor when the datatype is unset or
+    unknown, a dimension is negative, or the bytes do not fill the shape exactly.
+    """
+    name = message.name
+    try:
+        datatype = datatype_from_pb(message.datatype)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"tensor '{name}': {exc.message}") from None
+    shape = tuple(int(dim) for dim in message.shape)
+    if any(dim < 0 for dim in shape):
+        raise InvalidRequest(f"tensor '{name}': negative dimension in shape {list(shape)}")
+    data = from_raw(message.data, datatype, shape, name=name)
+    return Tensor(name=name, datatype=datatype, shape=shape, data=data)
+
+
+def key_to_pb(key: ModelKey) -> worker_pb2.ModelKey:
+    """The protocol form of a model key."""
+    return worker_pb2.ModelKey(tenant_id=key.tenant_id, model_version_id=key.version_id)
+
+
+def key_from_pb(message: worker_pb2.ModelKey) -> ModelKey:
+    """The service form of a protocol model key; both ids must be set."""
+    if not message.tenant_id or not message.model_version_id:
+        raise InvalidRequest("model key needs both a tenant id and a model version id")
+    return ModelKey(tenant_id=message.tenant_id, version_id=message.model_version_id)
