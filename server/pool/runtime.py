@@ -1,0 +1,265 @@
+"""One unsealed model in a LiteRT interpreter: the worker's unit of loading and running.
+
+Worker side only. ``ai_edge_litert`` is imported inside ``LoadedModel.load``
+so that importing this module (the gateway may, for types) never loads it.
+
+Tensors are addressed by their *signature* names (``input``,
+``probabilities``), not by the converter's tensor names, which change between
+TensorFlow versions. A model without signatures falls back to its raw input
+and output tensor names.
+
+Nothing is cast: the gateway validates dtypes against the stored signature,
+so a mismatch here means the signature and the model disagree and the call is
+refused as ``INVALID_INPUT`` rather than silently converted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from server.pool.errors import INVALID_INPUT, LOAD_FAILED, CallFailed
+from server.service.datatypes import NUMPY_DTYPES
+from server.service.types import Tensor
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy.typing as npt
+
+DEFAULT_SIGNATURE = "serving_default"
+
+_OIP_NAMES = {dtype: name for name, dtype in NUMPY_DTYPES.items() if name != "BYTES"}
+
+
+def _oip_datatype(dtype: Any) -> str | None:
+    """The protocol name of a LiteRT tensor dtype, or None if the protocol cannot carry it."""
+    numpy_type = np.dtype(dtype)
+    if numpy_type.kind in ("S", "U", "O"):
+        return "BYTES"
+    return _OIP_NAMES.get(numpy_type.newbyteorder("<"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Port:
+    """One input or output of the model, by the name callers use."""
+
+    name: str
+    index: int
+    datatype: str
+    shape_signature: tuple[int, ...]
+    """-1 where a dimension is dynamic."""
+
+
+def _port(name: str, detail: dict[str, Any]) -> _Port:
+    datatype = _oip_datatype(detail["dtype"])
+    if datatype is None:
+        raise CallFailed(
+            LOAD_FAILED,
+            f"tensor '{name}' has type {np.dtype(detail['dtype'])}, which is not served",
+        )
+    signature = detail.get("shape_signature")
+    if signature is None or len(signature) == 0:
+        signature = detail["shape"]
+    return _Port(
+        name=name,
+        index=int(detail["index"]),
+        datatype=datatype,
+        shape_signature=tuple(int(dim) for dim in signature),
+    )
+
+
+def _interpreter_class() -> Any:
+    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 - worker-only import
+
+    return Interpreter
+
+
+class LoadedModel:
+    """A model version ready to run: interpreter, ports, and the numbers LRU placement needs.
+
+    Not thread-safe by nature (one interpreter), so ``run`` holds a lock;
+    the worker runs inference on one thread anyway.
+    """
+
+    def __init__(
+        self,
+        *,
+        interpreter: Any,
+        inputs: dict[str, _Port],
+        outputs: list[_Port],
+        runner: Any | None,
+        bytes_used: int,
+    ) -> None:
+        self._interpreter = interpreter
+        self._inputs = inputs
+        self._outputs = outputs
+        self._outputs_by_name = {port.name: port for port in outputs}
+        # Set only when the signature lives outside the primary subgraph: the
+        # interpreter's tensor-index API addresses subgraph 0 only, so such a
+        # signature is run through LiteRT's SignatureRunner (which resizes
+        # and allocates on every call, slower but correct).
+        self._runner = runner
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._lock = threading.Lock()
+        self.bytes_used = bytes_used
+        self.last_used = time.monotonic()
+        self.in_flight = 0
+
+    @classmethod
+    def load(cls, content: bytes, *, signature_key: str = DEFAULT_SIGNATURE) -> LoadedModel:
+        """Build the interpreter for a model's plaintext bytes (blocking; run off the loop).
+
+        Raises ``CallFailed(LOAD_FAILED)`` when LiteRT refuses the model.
+        """
+        try:
+            interpreter = _interpreter_class()(model_content=content, num_threads=1)
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            msg = "the model could not be loaded by the runtime"
+            raise CallFailed(LOAD_FAILED, msg) from exc
+        signatures: dict[str, Any] = interpreter.get_signature_list()
+        if not signatures:
+            inputs = [_port(d["name"], d) for d in interpreter.get_input_details()]
+            outputs = [_port(d["name"], d) for d in interpreter.get_output_details()]
+            return cls(
+                interpreter=interpreter,
+                inputs={port.name: port for port in inputs},
+                outputs=outputs,
+                runner=None,
+                bytes_used=len(content),
+            )
+        key = signature_key if signature_key in signatures else next(iter(signatures))
+        if len(signatures) > 1 and key != signature_key:
+            msg = f"the model has several signatures and none is named '{signature_key}'"
+            raise CallFailed(LOAD_FAILED, msg)
+        runner = interpreter.get_signature_runner(key)
+        input_details: dict[str, Any] = runner.get_input_details()
+        output_details: dict[str, Any] = runner.get_output_details()
+        inputs = [_port(name, input_details[name]) for name in signatures[key]["inputs"]]
+        outputs = [_port(name, output_details[name]) for name in signatures[key]["outputs"]]
+        primary = {int(d["index"]) for d in interpreter.get_input_details()} == {
+            port.index for port in inputs
+        } and {int(d["index"]) for d in interpreter.get_output_details()} == {
+            port.index for port in outputs
+        }
+        return cls(
+            interpreter=interpreter,
+            inputs={port.name: port for port in inputs},
+            outputs=outputs,
+            runner=None if primary else runner,
+            bytes_used=len(content),
+        )
+
+    @property
+    def input_names(self) -> list[str]:
+        """The model's input names, as callers address them."""
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        """The model's output names, in signature order."""
+        return [port.name for port in self._outputs]
+
+    def idle_seconds(self) -> float:
+        """Time since the model last served a call (or was loaded)."""
+        return time.monotonic() - self.last_used
+
+    def run(self, inputs: Sequence[Tensor], outputs: Sequence[str] = ()) -> list[Tensor]:
+        """Run one call: ``outputs`` by name in that order, all of them when empty.
+
+        Raises ``CallFailed(INVALID_INPUT)`` naming the tensor for a missing,
+        unknown or repeated name, a wrong datatype or an incompatible shape.
+        Anything LiteRT raises past validation propagates as is: the worker
+        logs it and answers INTERNAL.
+        """
+        feeds = self._check_inputs(inputs)
+        wanted = self._check_outputs(outputs)
+        with self._lock:
+            try:
+                results = self._invoke(feeds, wanted)
+            finally:
+                self.last_used = time.monotonic()
+        return [
+            Tensor(name=port.name, datatype=port.datatype, shape=tuple(array.shape), data=array)
+            for port, array in zip(wanted, results, strict=True)
+        ]
+
+    def _check_inputs(self, inputs: Sequence[Tensor]) -> dict[str, npt.NDArray[Any]]:
+        feeds: dict[str, npt.NDArray[Any]] = {}
+        for tensor in inputs:
+            port = self._inputs.get(tensor.name)
+            if port is None:
+                known = ", ".join(self._inputs)
+                raise CallFailed(
+                    INVALID_INPUT, f"unknown input '{tensor.name}'; the model takes: {known}"
+                )
+            if tensor.name in feeds:
+                raise CallFailed(INVALID_INPUT, f"input '{tensor.name}' is given more than once")
+            if tensor.datatype != port.datatype:
+                raise CallFailed(
+                    INVALID_INPUT,
+                    f"input '{tensor.name}': datatype {tensor.datatype} does not match "
+                    f"the model's {port.datatype}",
+                )
+            _check_shape(port, tuple(tensor.data.shape))
+            feeds[tensor.name] = tensor.data
+        missing = [name for name in self._inputs if name not in feeds]
+        if missing:
+            raise CallFailed(INVALID_INPUT, f"missing input '{missing[0]}'")
+        return feeds
+
+    def _check_outputs(self, names: Sequence[str]) -> list[_Port]:
+        if not names:
+            return self._outputs
+        wanted = []
+        for name in names:
+            port = self._outputs_by_name.get(name)
+            if port is None:
+                known = ", ".join(self._outputs_by_name)
+                raise CallFailed(INVALID_INPUT, f"unknown output '{name}'; the model has: {known}")
+            wanted.append(port)
+        return wanted
+
+    def _invoke(
+        self, feeds: dict[str, npt.NDArray[Any]], wanted: list[_Port]
+    ) -> list[npt.NDArray[Any]]:
+        if self._runner is not None:
+            produced: dict[str, npt.NDArray[Any]] = self._runner(**feeds)
+            return [produced[port.name] for port in wanted]
+        interpreter = self._interpreter
+        resized = False
+        for name, array in feeds.items():
+            shape = tuple(array.shape)
+            if self._shapes.get(name) != shape:
+                interpreter.resize_tensor_input(self._inputs[name].index, list(shape), strict=True)
+                resized = True
+        if resized:
+            # Forget the shapes first: if allocation fails half-way, the next
+            # call resizes every input again instead of trusting stale state.
+            self._shapes.clear()
+            interpreter.allocate_tensors()
+            self._shapes = {name: tuple(array.shape) for name, array in feeds.items()}
+        for name, array in feeds.items():
+            interpreter.set_tensor(self._inputs[name].index, array)
+        interpreter.invoke()
+        # get_tensor copies, so the arrays stay valid after the next invoke.
+        return [interpreter.get_tensor(port.index) for port in wanted]
+
+
+def _check_shape(port: _Port, shape: tuple[int, ...]) -> None:
+    expected = port.shape_signature
+    fits = len(shape) == len(expected) and all(
+        want in (-1, got) for want, got in zip(expected, shape, strict=True)
+    )
+    if not fits:
+        raise CallFailed(
+            INVALID_INPUT,
+            f"input '{port.name}': shape {list(shape)} does not match the model's {list(expected)}",
+        )
+    if 0 in shape:
+        raise CallFailed(INVALID_INPUT, f"input '{port.name}': empty dimension in {list(shape)}")

@@ -1,0 +1,137 @@
+"""Models load once per key, off the event loop, and failures are reported and not kept."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from server.pool.cache import ModelCache
+from server.pool.errors import LOAD_FAILED, MODEL_NOT_FOUND, CallFailed
+from server.service.types import ModelKey
+from storage.errors import DecryptionFailed, NotFound
+
+from .conftest import DIGITS
+
+KEY = ModelKey("tenant", "version")
+CONTENT = DIGITS.read_bytes()
+
+
+class Opener:
+    """Counts opens; can block until released, or fail with a queue of errors."""
+
+    def __init__(self, *errors: Exception, release: threading.Event | None = None) -> None:
+        self.calls = 0
+        self.errors = list(errors)
+        self.release = release
+
+    def __call__(self, key: ModelKey) -> bytes:
+        """The demo model's bytes, after waiting or failing as configured."""
+        del key
+        self.calls += 1
+        if self.release is not None:
+            self.release.wait(5)
+        if self.errors:
+            raise self.errors.pop(0)
+        return CONTENT
+
+
+def test_concurrent_first_calls_share_one_load() -> None:
+    """Ten callers of a cold model cause one open; exactly one of them reports loading it."""
+    opener = Opener()
+    cache = ModelCache(open_model=opener)
+
+    async def scenario() -> list[bool]:
+        results = await asyncio.gather(*(cache.get(KEY) for _ in range(10)))
+        assert len({id(model) for model, _ in results}) == 1
+        return [started for _, started in results]
+
+    assert sorted(asyncio.run(scenario())) == [False] * 9 + [True]
+    assert opener.calls == 1
+    assert KEY in cache
+    cache.close()
+
+
+def test_loading_does_not_block_the_event_loop() -> None:
+    """While a load waits on storage, the loop keeps running other work."""
+    release = threading.Event()
+    cache = ModelCache(open_model=Opener(release=release))
+
+    async def scenario() -> float:
+        load = asyncio.create_task(cache.get(KEY))
+        started = time.monotonic()
+        await asyncio.sleep(0.05)
+        lag = time.monotonic() - started
+        assert not load.done()
+        release.set()
+        await load
+        return lag
+
+    assert asyncio.run(scenario()) < 0.5
+    cache.close()
+
+
+def test_missing_version_is_model_not_found_and_not_remembered() -> None:
+    """NotFound becomes MODEL_NOT_FOUND; the next call tries storage again."""
+    opener = Opener(NotFound("version x of tenant y not found"))
+    cache = ModelCache(open_model=opener)
+
+    async def scenario() -> None:
+        with pytest.raises(CallFailed) as caught:
+            await cache.get(KEY)
+        assert caught.value.code == MODEL_NOT_FOUND
+        model, started = await cache.get(KEY)
+        assert started
+        assert model.bytes_used == len(CONTENT)
+
+    asyncio.run(scenario())
+    assert opener.calls == 2
+    cache.close()
+
+
+def test_unsealing_failure_is_load_failed_without_details() -> None:
+    """A storage failure reaches the gateway as LOAD_FAILED with a generic text."""
+    cache = ModelCache(open_model=Opener(DecryptionFailed("bad tag", detail="segment 3 of key k1")))
+
+    async def scenario() -> None:
+        with pytest.raises(CallFailed) as caught:
+            await cache.get(KEY)
+        assert caught.value.code == LOAD_FAILED
+        assert caught.value.message == "the model version could not be unsealed"
+
+    asyncio.run(scenario())
+    cache.close()
+
+
+def test_cancelled_caller_does_not_cancel_the_load() -> None:
+    """A caller that gives up leaves the load running for the others."""
+    release = threading.Event()
+    cache = ModelCache(open_model=Opener(release=release))
+
+    async def scenario() -> None:
+        first = asyncio.create_task(cache.get(KEY))
+        second = asyncio.create_task(cache.get(KEY))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        release.set()
+        model, _ = await second
+        assert model is not None
+
+    asyncio.run(scenario())
+    assert KEY in cache
+    cache.close()
+
+
+def test_unload_forgets_and_is_idempotent() -> None:
+    """Unload reports whether the model was loaded, and sizes follow."""
+    cache = ModelCache(open_model=Opener())
+    asyncio.run(cache.get(KEY))
+    assert cache.bytes_used == len(CONTENT)
+    assert [key for key, _ in cache.items()] == [KEY]
+    assert cache.unload(KEY) is True
+    assert cache.unload(KEY) is False
+    assert cache.bytes_used == 0
+    assert cache.loaded(KEY) is None
+    cache.close()
