@@ -1,0 +1,169 @@
+"""One local worker process as the gateway sees it: spawn, channel, readiness, end.
+
+Workers are started as ``python -m server.pool.worker --settings-json -``
+(the same entry point a remote ``sealserve worker`` will use), not through
+``multiprocessing``: nothing is pickled, no start method is set globally, and
+the child imports only what a worker needs.
+
+The settings go to the child on stdin, never on the command line (``ps``
+shows argv to every user, and the settings may hold the master key). The
+parent then keeps stdin open as the child's lifeline: when the parent ends,
+however it ends, the pipe closes and the worker exits; on Linux the child also
+asks the kernel for SIGKILL on parent death (``PR_SET_PDEATHSIG``). That
+signal fires when the *thread* that spawned the child ends, so spawn only
+from the event loop's thread, which lives as long as the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+
+from protos import worker_pb2, worker_pb2_grpc
+from server.pool.worker import GRPC_OPTIONS
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from server.settings import Settings
+
+MAX_SOCKET_PATH = 100
+"""Unix socket paths must fit ``sun_path`` (108 bytes on Linux, 104 on macOS)."""
+
+CHANNEL_OPTIONS = [
+    *GRPC_OPTIONS,
+    # A restarted worker is back within a second; do not wait out gRPC's
+    # default reconnect backoff (1 s doubling to 120 s) to notice.
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class WorkerStartError(Exception):
+    """A worker process exited or stayed silent instead of answering ``Ping``."""
+
+
+def settings_for_worker(settings: Settings) -> bytes:
+    """The settings as one JSON line a worker rebuilds them from, secrets included.
+
+    ``model_dump_json`` masks ``SecretStr`` fields, which would hand the
+    worker ``**********`` as its master key; the secret is put back here, and
+    the line only ever travels over the child's stdin pipe.
+    """
+    data = settings.model_dump(mode="json")
+    if settings.master_key is not None:
+        data["master_key"] = settings.master_key.get_secret_value()
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+
+class WorkerProcess:
+    """A spawned worker: its process, its socket, and the one channel to it."""
+
+    def __init__(self, *, index: int, socket_path: Path) -> None:
+        if len(str(socket_path)) > MAX_SOCKET_PATH:
+            msg = f"socket path too long for a Unix socket ({len(str(socket_path))} bytes)"
+            raise ValueError(msg)
+        self.index = index
+        self.socket_path = socket_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: worker_pb2_grpc.WorkerStub | None = None
+        self.instance_id: str | None = None
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while a process exists."""
+        return None if self.process is None else self.process.pid
+
+    def spawn(self, settings_line: bytes) -> None:
+        """Start the process and open a channel to its socket (not yet ready)."""
+        self.socket_path.unlink(missing_ok=True)
+        self.process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+            [
+                sys.executable,
+                "-m",
+                "server.pool.worker",
+                "--socket",
+                str(self.socket_path),
+                "--settings-json",
+                "-",
+            ],
+            stdin=subprocess.PIPE,
+        )
+        self.started_at = time.monotonic()
+        stdin = self.process.stdin
+        if stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                stdin.write(settings_line)
+                stdin.flush()
+        self.channel = grpc.aio.insecure_channel(f"unix:{self.socket_path}", CHANNEL_OPTIONS)
+        self.stub = worker_pb2_grpc.WorkerStub(self.channel)
+
+    async def wait_ready(self, timeout: float) -> str:
+        """Wait until the worker answers ``Ping``; returns its instance id."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.stub is None or self.process is None:
+                msg = f"worker {self.index} was not spawned"
+                raise WorkerStartError(msg)
+            code = self.process.poll()
+            if code is not None:
+                msg = f"worker {self.index} exited with code {code} while starting"
+                raise WorkerStartError(msg)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                msg = f"worker {self.index} did not answer within {timeout:g} s"
+                raise WorkerStartError(msg)
+            try:
+                reply = await self.stub.Ping(
+                    worker_pb2.PingRequest(), timeout=min(left, 0.5), wait_for_ready=True
+                )
+            except grpc.aio.AioRpcError:
+                continue
+            self.instance_id = str(reply.instance_id)
+            return self.instance_id
+
+    def exited(self) -> bool:
+        """True when the process has ended (it is reaped here)."""
+        return self.process is None or self.process.poll() is not None
+
+    def terminate(self) -> None:
+        """SIGTERM: the worker drains and exits."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL: for a worker that is hung or would not stop."""
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+
+    async def wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the process to end; True if it did."""
+        deadline = time.monotonic() + timeout
+        while not self.exited():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def close(self) -> None:
+        """Close the channel and the lifeline; the process must already be gone or going."""
+        channel, self.channel, self.stub = self.channel, None, None
+        if channel is not None:
+            await channel.close()
+        if self.process is not None and self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()

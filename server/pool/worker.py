@@ -1,0 +1,314 @@
+"""The inference worker process: a ``Worker`` gRPC service over LiteRT.
+
+``sealserve serve`` spawns one per CPU on Unix sockets (``server.pool.pool``);
+``sealserve worker`` will run the same code on another host. The worker reads
+sealed models from the registry itself, so plaintext model bytes never cross
+a socket.
+
+Signals: SIGINT is ignored, because a Ctrl-C in a terminal reaches the whole
+process group and only the parent decides when workers stop. SIGTERM drains:
+new RPCs are refused (``UNAVAILABLE``, which the pool retries elsewhere),
+running calls get ``shutdown_grace_seconds``, then the process exits. A
+worker started by the pool (``--settings-json -``) also exits when its parent
+does, whichever way the parent ends.
+
+Inference runs on one thread per process (the interpreters use one thread
+each, and the pool starts one worker per CPU), never on the event loop, so a
+long invocation or a model being loaded does not delay ``Ping`` or ``Status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import os
+import resource
+import signal
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import structlog
+
+from protos import worker_pb2, worker_pb2_grpc
+from server.pool.cache import ModelCache
+from server.pool.errors import (
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    INTERNAL_MESSAGE,
+    INVALID_INPUT,
+    STATUS_OF_CODE,
+    CallFailed,
+)
+from server.pool.messages import key_from_pb, key_to_pb, tensor_from_pb, tensor_to_pb
+from server.service.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from server.pool.runtime import LoadedModel
+    from server.service.types import ModelKey
+    from server.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest Infer request or response; the gateway enforces its own, smaller, limits first."""
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (peak RSS where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:  # noqa: PTH123 - hot, tiny file
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # generated, untyped
+    """The ``sealserve.worker.v1.Worker`` service of one process."""
+
+    def __init__(self, *, cache: ModelCache, instance_id: str | None = None) -> None:
+        self._cache = cache
+        self.instance_id = instance_id or uuid.uuid4().hex
+        self.draining = False
+        self._in_flight = 0
+        # One inference thread: see the module docstring.
+        self._inference = ThreadPoolExecutor(1, thread_name_prefix="sealserve-infer")
+
+    def close(self) -> None:
+        """Release the threads (after the server stopped)."""
+        self._inference.shutdown(wait=True)
+        self._cache.close()
+
+    async def Infer(  # noqa: N802 - gRPC method name
+        self, request: worker_pb2.InferRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> worker_pb2.InferResponse:
+        """Run every call on its own; one bad call never fails its neighbours."""
+        del context
+        received = time.monotonic()
+        if len(request.calls) == 1:
+            results = [await self._call(request.calls[0], received)]
+        else:
+            results = await asyncio.gather(*(self._call(call, received) for call in request.calls))
+        return worker_pb2.InferResponse(results=results)
+
+    async def _call(self, call: worker_pb2.InferCall, received: float) -> worker_pb2.InferResult:
+        deadline = received + call.timeout_ms / 1000 if call.timeout_ms else None
+        self._in_flight += 1
+        try:
+            try:
+                key = key_from_pb(call.model)
+                inputs = [tensor_from_pb(tensor) for tensor in call.inputs]
+            except InvalidRequest as exc:
+                raise CallFailed(INVALID_INPUT, exc.message) from None
+            model = await self._model(key, deadline)
+            model.in_flight += 1
+            try:
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(
+                    self._inference, model.run, inputs, list(call.outputs)
+                )
+            finally:
+                model.in_flight -= 1
+            return worker_pb2.InferResult(outputs=[tensor_to_pb(tensor) for tensor in outputs])
+        except CallFailed as exc:
+            return worker_pb2.InferResult(error=exc.to_pb())
+        except Exception:  # whatever it was, the caller gets a generic answer; the log has it
+            log.exception("inference call failed", request_id=call.request_id or None)
+            return worker_pb2.InferResult(
+                error=worker_pb2.CallError(code=INTERNAL, message=INTERNAL_MESSAGE)
+            )
+        finally:
+            self._in_flight -= 1
+
+    async def _model(self, key: ModelKey, deadline: float | None) -> LoadedModel:
+        """The loaded model, within the call's budget (a load that outlives it carries on)."""
+        loaded = self._cache.loaded(key)
+        if loaded is not None:
+            return loaded
+        budget = None if deadline is None else deadline - time.monotonic()
+        if budget is not None and budget <= 0:
+            raise CallFailed(DEADLINE_EXCEEDED, "the call's time ran out before it ran")
+        try:
+            model, _ = await asyncio.wait_for(self._cache.get(key), budget)
+        except TimeoutError:
+            msg = "the call's time ran out loading the model"
+            raise CallFailed(DEADLINE_EXCEEDED, msg) from None
+        return model
+
+    async def Load(  # noqa: N802 - gRPC method name
+        self, request: worker_pb2.LoadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> worker_pb2.LoadResponse:
+        """Load a model now; failures abort with the status ``errors.STATUS_OF_CODE`` names."""
+        try:
+            key = key_from_pb(request.model)
+            model, newly = await self._cache.get(key)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        except CallFailed as exc:
+            await context.abort(STATUS_OF_CODE[exc.code], exc.message)
+        return worker_pb2.LoadResponse(model=_loaded_pb(key, model), newly_loaded=newly)
+
+    async def Unload(  # noqa: N802 - gRPC method name
+        self, request: worker_pb2.UnloadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> worker_pb2.UnloadResponse:
+        """Forget a model; idempotent."""
+        try:
+            key = key_from_pb(request.model)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        return worker_pb2.UnloadResponse(was_loaded=self._cache.unload(key))
+
+    async def Status(  # noqa: N802 - gRPC method name
+        self, request: worker_pb2.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> worker_pb2.StatusResponse:
+        """What this worker holds and how busy it is."""
+        del request, context
+        return worker_pb2.StatusResponse(
+            instance_id=self.instance_id,
+            models=[_loaded_pb(key, model) for key, model in self._cache.items()],
+            in_flight=self._in_flight,
+            memory=worker_pb2.Memory(rss_bytes=rss_bytes(), models_bytes=self._cache.bytes_used),
+        )
+
+    async def Ping(  # noqa: N802 - gRPC method name
+        self, request: worker_pb2.PingRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> worker_pb2.PingResponse:
+        """Liveness; does nothing else."""
+        del request, context
+        return worker_pb2.PingResponse(instance_id=self.instance_id, draining=self.draining)
+
+
+def _loaded_pb(key: ModelKey, model: LoadedModel) -> worker_pb2.LoadedModel:
+    return worker_pb2.LoadedModel(
+        model=key_to_pb(key),
+        bytes_used=model.bytes_used,
+        idle_ms=int(model.idle_seconds() * 1000),
+        in_flight=model.in_flight,
+    )
+
+
+def create_server(service: WorkerService, address: str) -> grpc.aio.Server:
+    """A ``grpc.aio`` server with ``service`` bound to ``address`` (``unix:PATH`` or host:port)."""
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    worker_pb2_grpc.add_WorkerServicer_to_server(service, server)
+    if server.add_insecure_port(address) == 0:
+        msg = f"cannot listen on {address}"
+        raise OSError(msg)
+    return server
+
+
+async def serve(address: str, settings: Settings, *, parent_lifeline: bool = False) -> None:
+    """Serve until SIGTERM (or, with ``parent_lifeline``, until stdin closes)."""
+    from server.bootstrap import build_container  # noqa: PLC0415 - keeps `import` of this module light
+
+    container = build_container(settings)
+    registry = container.registry
+    cache = ModelCache(open_model=lambda key: registry.open_version(key.tenant_id, key.version_id))
+    service = WorkerService(cache=cache)
+    server = create_server(service, address)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    grace = settings.shutdown_grace_seconds
+
+    def stop(*, orphaned: bool = False) -> None:
+        nonlocal grace
+        if orphaned:
+            grace = 0.0  # nobody is left to read the answers
+        stopping.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    if parent_lifeline:
+        await loop.connect_read_pipe(lambda: _Lifeline(lambda: stop(orphaned=True)), sys.stdin)
+    await server.start()
+    log.info("worker listening", address=address, pid=os.getpid(), instance_id=service.instance_id)
+    await stopping.wait()
+    service.draining = True
+    log.info("worker stopping", grace_seconds=grace)
+    await server.stop(grace)
+    service.close()
+    container.close()
+
+
+class _Lifeline(asyncio.Protocol):
+    """Reads stdin, which only the parent can write: EOF means the parent is gone."""
+
+    def __init__(self, on_eof: Callable[[], None]) -> None:
+        self._on_eof = on_eof
+
+    def data_received(self, data: bytes) -> None:
+        del data  # the parent writes nothing after the settings line
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        del exc
+        self._on_eof()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL us when the parent exits, even by SIGKILL.
+
+    A parent that died before this call is caught by the stdin lifeline
+    instead (its pipe is already closed, so the read returns EOF at once).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("cannot set the parent-death signal", errno=ctypes.get_errno())
+
+
+def main(socket_path: str, settings_json: str, *, parent_lifeline: bool = False) -> None:
+    """Run one worker on ``unix:{socket_path}`` with settings as the parent resolved them."""
+    from server.logs import configure_logging  # noqa: PLC0415 - see serve()
+    from server.settings import Settings  # noqa: PLC0415 - see serve()
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_lifeline:
+        _die_with_parent()
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
+    asyncio.run(serve(f"unix:{socket_path}", settings, parent_lifeline=parent_lifeline))
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m server.pool.worker", description="Run one sealserve inference worker."
+    )
+    parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    parser.add_argument(
+        "--settings-json",
+        required=True,
+        help="the server settings as JSON, or '-' to read one line from stdin and then "
+        "exit when stdin closes (how the pool starts workers: secrets stay out of argv)",
+    )
+    return parser.parse_args(argv)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    args = _parse(argv)
+    if args.settings_json == "-":
+        line = sys.stdin.buffer.readline()
+        if not line:
+            return  # the parent is already gone
+        main(args.socket, line.decode(), parent_lifeline=True)
+    else:
+        main(args.socket, args.settings_json)
+
+
+if __name__ == "__main__":
+    run()
