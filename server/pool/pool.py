@@ -1,0 +1,483 @@
+"""``WorkerPool``: the gateway's local inference workers, spawned, supervised and dispatched to.
+
+One process per slot (``server.pool.process``), one reused ``grpc.aio``
+channel to each. A call goes to the worker the ``Balancer`` picks, as one
+``Infer`` RPC. If that worker dies under it (the RPC fails ``UNAVAILABLE``),
+the call is sent once more to another worker (or to the restarted one, when
+there is no other): inference is side-effect free, so a repeat is safe.
+
+Two background tasks keep the pool healthy without a gateway restart: the
+watcher notices exited processes within ``WATCH_INTERVAL`` and restarts them
+with exponential backoff (so a worker that crashes at start-up cannot spin),
+and the liveness task pings every worker and kills one that stops answering
+(a hung worker looks alive to ``poll()``). A restarted worker holds no models;
+they are loaded again on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import stat
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import structlog
+
+from protos import worker_pb2
+from server.errors import StartupError
+from server.pool.balancer import Balancer
+from server.pool.errors import (
+    INTERNAL_MESSAGE,
+    RETRYABLE_STATUSES,
+    rpc_service_error,
+    service_error,
+)
+from server.pool.messages import key_from_pb, key_to_pb, tensor_from_pb, tensor_to_pb
+from server.pool.process import WorkerProcess, WorkerStartError, settings_for_worker
+from server.service.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotReady,
+    Unavailable,
+    WorkerCrashed,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+    from pathlib import Path
+
+    from server.service.types import ModelKey, Tensor
+    from server.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+R = TypeVar("R")
+
+WATCH_INTERVAL = 0.1
+"""How often the watcher looks for exited workers (seconds)."""
+RESTART_BACKOFF = (0.25, 10.0)
+"""First and longest delay before restarting a worker that keeps crashing."""
+STABLE_AFTER = 30.0
+"""A worker up this long has its crash count (and so its backoff) reset."""
+PING_INTERVAL, PING_TIMEOUT, PING_FAILURES = 2.0, 5.0, 3
+"""Liveness: a worker that misses this many pings in a row is killed and restarted."""
+STOP_TIMEOUT = 5.0
+"""How long a worker gets to exit after SIGTERM before it is killed."""
+
+
+class WorkerState(enum.StrEnum):
+    """Where a worker slot is in its life."""
+
+    STARTING = "starting"
+    LIVE = "live"
+    DEAD = "dead"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """One model a worker holds."""
+
+    key: ModelKey
+    bytes_used: int
+    idle_ms: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """One worker slot, as ``WorkerPool.status`` reports it."""
+
+    index: int
+    state: WorkerState
+    pid: int | None
+    instance_id: str | None
+    restarts: int
+    in_flight: int
+    """Calls the pool has sent to this worker and not had answered."""
+    worker_in_flight: int | None = None
+    """Calls the worker has received and not answered, as it reports them."""
+    models: tuple[ModelStatus, ...] = ()
+    rss_bytes: int | None = None
+    """None when the worker did not answer ``Status``."""
+    models_bytes: int = 0
+
+
+class _Slot:
+    """A worker process plus what the pool tracks to dispatch to it."""
+
+    def __init__(self, process: WorkerProcess) -> None:
+        self.process = process
+        self.state = WorkerState.STARTING
+        self.in_flight = 0
+        self.models: set[ModelKey] = set()
+        self.restarts = 0
+        self.crashes = 0
+        self.live_since = 0.0
+        self.restart_at = 0.0
+        self.ping_failures = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def holds(self, key: ModelKey) -> bool:
+        return key in self.models
+
+    @property
+    def stub(self) -> Any:
+        return self.process.stub
+
+
+class WorkerPool:
+    """N local workers on Unix sockets in a private directory."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        workers: int,
+        socket_dir: Path,
+        balancer: Balancer | None = None,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        if workers < 1:
+            msg = "a worker pool needs at least one worker"
+            raise ValueError(msg)
+        self._settings = settings
+        self._socket_dir = socket_dir
+        self._balancer = balancer or Balancer()
+        self._ready_timeout = ready_timeout
+        self._slots = [
+            _Slot(WorkerProcess(index=i, socket_path=socket_dir / f"worker-{i}.sock"))
+            for i in range(workers)
+        ]
+        self._settings_line = b""
+        self._started = self._closing = False
+        self._calls = 0
+        self._idle = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- life cycle ----------------------------------------------------------
+    async def start(self) -> None:
+        """Spawn every worker and return once each answers ``Ping``.
+
+        Raises ``StartupError`` (after stopping the others) if one does not.
+        """
+        _private_directory(self._socket_dir)
+        self._settings_line = settings_for_worker(self._settings)
+        for slot in self._slots:
+            slot.process.spawn(self._settings_line)
+        results = await asyncio.gather(
+            *(slot.process.wait_ready(self._ready_timeout) for slot in self._slots),
+            return_exceptions=True,
+        )
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            self._closing = True
+            await self._terminate_all()
+            raise StartupError(f"inference workers did not start: {failures[0]}") from failures[0]
+        now = asyncio.get_running_loop().time()
+        for slot in self._slots:
+            slot.state, slot.live_since = WorkerState.LIVE, now
+        self._started = True
+        self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._liveness())]
+        log.info("inference workers started", workers=len(self._slots))
+
+    async def stop(self, grace: float) -> None:
+        """Take no new calls, give running ones ``grace`` seconds, then end every worker."""
+        if self._closing and not self._started:
+            return
+        self._closing = True
+        if self._calls:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        for task in self._tasks + [s.task for s in self._slots if s.task is not None]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._terminate_all()
+        self._started = False
+        log.info("inference workers stopped")
+
+    async def _terminate_all(self) -> None:
+        for slot in self._slots:
+            slot.state = WorkerState.STOPPED
+            slot.process.terminate()
+        exited = await asyncio.gather(*(s.process.wait_exit(STOP_TIMEOUT) for s in self._slots))
+        for slot, done in zip(self._slots, exited, strict=True):
+            if not done:
+                log.warning("worker did not stop in time; killing it", worker=slot.process.index)
+                slot.process.kill()
+                await slot.process.wait_exit(STOP_TIMEOUT)
+            await slot.process.close()
+            slot.process.socket_path.unlink(missing_ok=True)
+
+    # --- calls ---------------------------------------------------------------
+    async def infer(
+        self,
+        key: ModelKey,
+        inputs: Sequence[Tensor],
+        outputs: Sequence[str],
+        *,
+        request_id: str | None,
+        timeout: float,
+    ) -> list[Tensor]:
+        """Run one call on a worker; ``outputs`` empty means all of the model's outputs.
+
+        Raises the service layer's errors (see ``server.pool.errors``);
+        ``WorkerCrashed`` when the worker died and the one retry failed too.
+        """
+        call = worker_pb2.InferCall(
+            model=key_to_pb(key),
+            inputs=[tensor_to_pb(tensor) for tensor in inputs],
+            outputs=outputs,
+            request_id=request_id or "",
+        )
+
+        async def send(slot: _Slot, left: float) -> worker_pb2.InferResponse:
+            call.timeout_ms = max(1, min(int(left * 1000), 2**32 - 1))
+            reply: worker_pb2.InferResponse = await slot.stub.Infer(
+                worker_pb2.InferRequest(calls=[call]), timeout=left
+            )
+            return reply
+
+        slot, reply = await self._dispatch(key, timeout, send, request_id=request_id)
+        if len(reply.results) != 1:
+            raise WorkerCrashed(INTERNAL_MESSAGE, detail=f"{len(reply.results)} results for 1 call")
+        result = reply.results[0]
+        if result.HasField("error"):
+            error = service_error(result.error.code, result.error.message)
+            if isinstance(error, ModelNotReady):
+                slot.models.discard(key)
+            raise error
+        try:
+            return [tensor_from_pb(tensor) for tensor in result.outputs]
+        except InvalidRequest as exc:
+            raise WorkerCrashed(INTERNAL_MESSAGE, detail=f"bad output: {exc.message}") from None
+
+    async def load(self, key: ModelKey, *, timeout: float = 60.0) -> None:
+        """Load a model on the worker that would serve it, ahead of the first call."""
+
+        async def send(slot: _Slot, left: float) -> worker_pb2.LoadResponse:
+            reply: worker_pb2.LoadResponse = await slot.stub.Load(
+                worker_pb2.LoadRequest(model=key_to_pb(key)), timeout=left
+            )
+            return reply
+
+        await self._dispatch(key, timeout, send, request_id=None)
+
+    async def _dispatch(
+        self,
+        key: ModelKey,
+        timeout: float,
+        send: Callable[[_Slot, float], Awaitable[R]],
+        *,
+        request_id: str | None,
+    ) -> tuple[_Slot, R]:
+        """Send to the balancer's pick; once more elsewhere if that worker dies meanwhile."""
+        if self._closing or not self._started:
+            raise Unavailable("the inference workers are not running")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        failed: set[str | None] = set()
+        self._calls += 1
+        try:
+            while True:
+                slot = await self._choose(key, failed, deadline)
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise DeadlineExceeded("the inference call ran out of time")
+                slot.in_flight += 1
+                slot.models.add(key)  # it will load the model: steer followers to it
+                try:
+                    return slot, await send(slot, left)
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code()
+                    if self._closing:
+                        raise Unavailable("the server is shutting down") from None
+                    if code not in RETRYABLE_STATUSES:
+                        error = rpc_service_error(code, exc.details())
+                        if isinstance(error, ModelNotReady):
+                            slot.models.discard(key)
+                        raise error from None
+                    failed.add(slot.process.instance_id)
+                    self._suspect(slot)
+                    if len(failed) > 1:
+                        raise WorkerCrashed(
+                            "the inference worker stopped while running the call",
+                            detail=exc.details(),
+                        ) from None
+                    log.warning(
+                        "worker failed a call; retrying on another",
+                        worker=slot.process.index,
+                        request_id=request_id,
+                        status=code.name,
+                    )
+                finally:
+                    slot.in_flight -= 1
+        finally:
+            self._calls -= 1
+            if self._calls == 0:
+                self._idle.set()
+
+    async def _choose(self, key: ModelKey, failed: set[str | None], deadline: float) -> _Slot:
+        """The balancer's pick among live workers not in ``failed``; waits for one to come up."""
+        loop = asyncio.get_running_loop()
+        while True:
+            changed = self._changed
+            live = [
+                slot
+                for slot in self._slots
+                if slot.state is WorkerState.LIVE and slot.process.instance_id not in failed
+            ]
+            slot = self._balancer.pick(live, key)
+            if slot is not None:
+                return slot
+            if self._closing:
+                raise Unavailable("the inference workers are not running")
+            left = deadline - loop.time()
+            try:
+                await asyncio.wait_for(changed.wait(), max(left, 0))
+            except TimeoutError:
+                raise Unavailable("no inference worker is available") from None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- supervision ---------------------------------------------------------
+    def _suspect(self, slot: _Slot) -> None:
+        """A call failed as if the worker died: if it did, act now rather than at the next poll."""
+        if slot.state is WorkerState.LIVE and slot.process.exited():
+            self._mark_dead(slot, "exited")
+
+    def _mark_dead(self, slot: _Slot, reason: str) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - slot.live_since >= STABLE_AFTER:
+            slot.crashes = 0
+        slot.crashes += 1
+        first, longest = RESTART_BACKOFF
+        delay = min(first * 2 ** (slot.crashes - 1), longest)
+        slot.state, slot.restart_at = WorkerState.DEAD, now + delay
+        slot.models.clear()
+        code = None if slot.process.process is None else slot.process.process.returncode
+        log.warning(
+            "inference worker died",
+            worker=slot.process.index,
+            reason=reason,
+            exit_code=code,
+            restart_in=round(delay, 2),
+        )
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            for slot in self._slots:
+                if slot.state is WorkerState.LIVE and slot.process.exited():
+                    self._mark_dead(slot, "exited")
+                if slot.state is WorkerState.DEAD and loop.time() >= slot.restart_at:
+                    slot.state = WorkerState.STARTING
+                    slot.task = asyncio.create_task(self._restart(slot))
+
+    async def _restart(self, slot: _Slot) -> None:
+        process = slot.process
+        process.kill()  # in case it was declared dead while still running (hung)
+        await process.wait_exit(STOP_TIMEOUT)
+        await process.close()
+        try:
+            process.spawn(self._settings_line)
+            await process.wait_ready(self._ready_timeout)
+        except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any failure
+            process.kill()
+            self._mark_dead(slot, str(exc) if isinstance(exc, WorkerStartError) else repr(exc))
+            return
+        slot.state, slot.live_since, slot.ping_failures = (
+            WorkerState.LIVE,
+            asyncio.get_running_loop().time(),
+            0,
+        )
+        slot.restarts += 1
+        log.info("inference worker restarted", worker=process.index, pid=process.pid)
+        self._notify()
+
+    async def _liveness(self) -> None:
+        while True:
+            await asyncio.sleep(PING_INTERVAL)
+            live = [slot for slot in self._slots if slot.state is WorkerState.LIVE]
+            await asyncio.gather(*(self._ping(slot) for slot in live))
+
+    async def _ping(self, slot: _Slot) -> None:
+        if slot.stub is None:
+            return
+        try:
+            reply = await slot.stub.Ping(worker_pb2.PingRequest(), timeout=PING_TIMEOUT)
+        except grpc.aio.AioRpcError:
+            slot.ping_failures += 1
+            if slot.ping_failures >= PING_FAILURES and slot.state is WorkerState.LIVE:
+                self._mark_dead(slot, f"missed {slot.ping_failures} pings")
+            return
+        slot.ping_failures = 0
+        if reply.instance_id != slot.process.instance_id:
+            slot.models.clear()  # the worker restarted behind our back: it holds nothing
+            slot.process.instance_id = reply.instance_id
+
+    # --- status ----------------------------------------------------------------
+    async def status(self) -> list[WorkerStatus]:
+        """Every slot, with what its worker holds (asked over ``Status``) when it is live."""
+        return list(await asyncio.gather(*(self._status(slot) for slot in self._slots)))
+
+    async def _status(self, slot: _Slot) -> WorkerStatus:
+        base = WorkerStatus(
+            index=slot.process.index,
+            state=slot.state,
+            pid=slot.process.pid if slot.state is not WorkerState.STOPPED else None,
+            instance_id=slot.process.instance_id,
+            restarts=slot.restarts,
+            in_flight=slot.in_flight,
+        )
+        if slot.state is not WorkerState.LIVE:
+            return base
+        try:
+            reply = await slot.stub.Status(worker_pb2.StatusRequest(), timeout=PING_TIMEOUT)
+        except grpc.aio.AioRpcError:
+            return base
+        models = tuple(
+            ModelStatus(
+                key=key_from_pb(entry.model),
+                bytes_used=entry.bytes_used,
+                idle_ms=entry.idle_ms,
+                in_flight=entry.in_flight,
+            )
+            for entry in reply.models
+        )
+        return WorkerStatus(
+            index=base.index,
+            state=base.state,
+            pid=base.pid,
+            instance_id=reply.instance_id,
+            restarts=base.restarts,
+            in_flight=base.in_flight,
+            worker_in_flight=reply.in_flight,
+            models=models,
+            rss_bytes=reply.memory.rss_bytes,
+            models_bytes=reply.memory.models_bytes,
+        )
+
+
+def _private_directory(path: Path) -> None:
+    """Create ``path`` (mode 0700) or check an existing one is ours, then make it 0700.
+
+    Whoever can connect to a worker socket can run any tenant's model, so
+    the directory is the access control for local workers.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        msg = f"worker socket directory {path} is not a directory owned by this user"
+        raise StartupError(msg)
+    path.chmod(0o700)
