@@ -7,7 +7,9 @@ Keras model as the trackable, and ``from_saved_model`` on a
 ``model.export()`` followed by ``from_saved_model`` (used here for Keras: it
 also writes only inside the job's directory, where ``from_keras_model`` uses
 the system temp directory), and, for an uploaded SavedModel,
-``from_concrete_functions`` with the loaded object as the trackable.
+``from_concrete_functions`` with the loaded object as the trackable. Every
+temporary file a converter makes goes under the job's directory
+(``temporary_files_in``).
 
 So every candidate's output is verified: builtin ops only, no variable ops,
 loads in LiteRT, and gives the source model's answer on the check samples
@@ -18,6 +20,7 @@ job fails with each candidate's reason, agreement figures included.
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +33,7 @@ from compress.runtime import TFLiteRunner
 from compress.tflite_model import TFLiteFacts, read_tflite
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     import numpy as np
     import numpy.typing as npt
@@ -63,10 +66,28 @@ class CheckSet:
 _Candidate = tuple[str, "Callable[[], Any]"]
 
 
+@contextmanager
+def temporary_files_in(directory: Path) -> Iterator[None]:
+    """Send Python's ``tempfile`` to ``directory`` while converting, then restore it.
+
+    The concrete-function converter path writes a temporary SavedModel to the
+    system temp directory; a job must write only under its staging directory.
+    ``tempfile.tempdir`` is process-wide, which is acceptable in a compress
+    job: it runs in its own process and converts one model at a time.
+    """
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(directory)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
 def _attempt(
     name: str,
     factory: Callable[[], Any],
     *,
+    workdir: Path,
     mode: Quantization,
     int8_io: bool,
     calibration: npt.NDArray[Any] | None,
@@ -74,9 +95,10 @@ def _attempt(
 ) -> Conversion | str:
     """Convert with one candidate path; return the verified model, or why it was rejected."""
     try:
-        converter = factory()
-        configure(converter, mode=mode, int8_io=int8_io, calibration=calibration)
-        content = bytes(converter.convert())
+        with temporary_files_in(workdir):
+            converter = factory()
+            configure(converter, mode=mode, int8_io=int8_io, calibration=calibration)
+            content = bytes(converter.convert())
     except CompressionError:
         raise
     except Exception as exc:  # noqa: BLE001 - the converter raises anything; the reason is kept
@@ -101,6 +123,7 @@ def _attempt(
 def _first_verified(
     candidates: Sequence[_Candidate],
     *,
+    workdir: Path,
     mode: Quantization,
     int8_io: bool,
     calibration: npt.NDArray[Any] | None,
@@ -109,7 +132,13 @@ def _first_verified(
     reasons = []
     for name, factory in candidates:
         outcome = _attempt(
-            name, factory, mode=mode, int8_io=int8_io, calibration=calibration, check=check
+            name,
+            factory,
+            workdir=workdir,
+            mode=mode,
+            int8_io=int8_io,
+            calibration=calibration,
+            check=check,
         )
         if isinstance(outcome, Conversion):
             return outcome
@@ -136,6 +165,7 @@ def convert_keras(
 
     return _first_verified(
         [("keras-export", from_export)],
+        workdir=workdir,
         mode=mode,
         int8_io=int8_io,
         calibration=calibration,
@@ -146,6 +176,7 @@ def convert_keras(
 def convert_saved_model(
     directory: Path,
     *,
+    workdir: Path,
     mode: Quantization,
     check: CheckSet,
     int8_io: bool = False,
@@ -164,6 +195,7 @@ def convert_saved_model(
 
     return _first_verified(
         [("saved-model", from_directory), ("saved-model-signature", from_signature)],
+        workdir=workdir,
         mode=mode,
         int8_io=int8_io,
         calibration=calibration,

@@ -148,7 +148,12 @@ class Job:
             )
         check = self._check_set(self.source.predict)
         return convert_saved_model(
-            self._saved_model(), mode=mode, check=check, int8_io=int8_io, calibration=calibration
+            self._saved_model(),
+            workdir=self.workdir,
+            mode=mode,
+            check=check,
+            int8_io=int8_io,
+            calibration=calibration,
         )
 
     def _record(self, conversion: Conversion, *, model: str, mode: Quantization) -> None:

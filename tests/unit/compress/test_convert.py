@@ -1,8 +1,17 @@
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from compress import _tf
-from compress.convert import CheckSet, _first_verified, convert_keras, convert_saved_model
+from compress.convert import (
+    CheckSet,
+    _first_verified,
+    convert_keras,
+    convert_saved_model,
+    temporary_files_in,
+)
 from compress.errors import ConversionFailed, InvalidOptions
 from compress.evaluate import OutputKind
 from compress.options import Quantization, Task
@@ -36,12 +45,16 @@ def test_tf_saved_model_save_of_keras_falls_back_to_the_signature_path(cnn, chec
     tf = _tf.tensorflow()
     directory = tmp_path / "saved"
     tf.saved_model.save(cnn.model, str(directory))
-    conversion = convert_saved_model(directory, mode=Quantization.NONE, check=check)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    conversion = convert_saved_model(
+        directory, workdir=workdir, mode=Quantization.NONE, check=check
+    )
     assert conversion.converter == "saved-model-signature"
     assert conversion.agreement == 1.0
 
 
-def test_a_conversion_left_with_variables_is_refused(cnn, check):
+def test_a_conversion_left_with_variables_is_refused(cnn, check, tmp_path):
     """The concrete-function path with the Keras model as trackable is refused, not served."""
     tf = _tf.tensorflow()
     function = tf.function(cnn.model).get_concrete_function(
@@ -56,6 +69,7 @@ def test_a_conversion_left_with_variables_is_refused(cnn, check):
     ):
         _first_verified(
             [("broken", broken)],
+            workdir=tmp_path,
             mode=Quantization.NONE,
             int8_io=False,
             calibration=None,
@@ -83,6 +97,7 @@ def test_a_conversion_that_disagrees_is_refused_with_its_agreement(check, tmp_pa
     with pytest.raises(ConversionFailed) as caught:
         _first_verified(
             [("wrong", wrong_model)],
+            workdir=tmp_path,
             mode=Quantization.NONE,
             int8_io=False,
             calibration=None,
@@ -93,7 +108,7 @@ def test_a_conversion_that_disagrees_is_refused_with_its_agreement(check, tmp_pa
     assert "of 128 samples (needs 98%)" in message
 
 
-def test_converter_errors_become_a_reason(check):
+def test_converter_errors_become_a_reason(check, tmp_path):
     """A converter that raises is reported by exception type, not with its internals."""
 
     def failing():
@@ -105,6 +120,7 @@ def test_converter_errors_become_a_reason(check):
     ) as caught:
         _first_verified(
             [("failing", failing)],
+            workdir=tmp_path,
             mode=Quantization.NONE,
             int8_io=False,
             calibration=None,
@@ -132,3 +148,12 @@ def test_int8_conversion_with_int8_io_is_verified_in_float(cnn, check, digits, t
     assert conversion.agreement >= 0.95
     runner = TFLiteRunner(conversion.content)
     assert np.mean(runner.predict(digits.x_test).argmax(1) == digits.y_test) > 0.95
+
+
+def test_temporary_files_go_to_the_job_directory_and_back(tmp_path):
+    """While converting, tempfile writes under the job's directory; afterwards it is restored."""
+    before = tempfile.gettempdir()
+    with temporary_files_in(tmp_path):
+        made = Path(tempfile.mkdtemp())
+    assert made.parent == tmp_path
+    assert tempfile.gettempdir() == before
