@@ -66,6 +66,14 @@ class CheckSet:
 _Candidate = tuple[str, "Callable[[], Any]"]
 
 
+@dataclass(frozen=True)
+class _Rejection:
+    """Why one candidate path was rejected: public text, and converter output for the log."""
+
+    reason: str
+    detail: str = ""
+
+
 @contextmanager
 def temporary_files_in(directory: Path) -> Iterator[None]:
     """Send Python's ``tempfile`` to ``directory`` while converting, then restore it.
@@ -92,7 +100,7 @@ def _attempt(
     int8_io: bool,
     calibration: npt.NDArray[Any] | None,
     check: CheckSet,
-) -> Conversion | str:
+) -> Conversion | _Rejection:
     """Convert with one candidate path; return the verified model, or why it was rejected."""
     try:
         with temporary_files_in(workdir):
@@ -102,18 +110,19 @@ def _attempt(
     except CompressionError:
         raise
     except Exception as exc:  # noqa: BLE001 - the converter raises anything; the reason is kept
-        return f"{name}: the converter failed ({type(exc).__name__})"
+        # The converter's own text may hold staging paths: it goes to the log only.
+        return _Rejection(f"{name}: the converter failed ({type(exc).__name__})", str(exc)[:4000])
     try:
         facts = read_tflite(content)
         problems = facts.problems()
         if problems:
-            return f"{name}: {problems[0]}"
+            return _Rejection(f"{name}: {problems[0]}")
         outputs = TFLiteRunner(content).predict(check.inputs)
     except UnsupportedFormat as exc:
-        return f"{name}: {exc.message}"
+        return _Rejection(f"{name}: {exc.message}", exc.detail or "")
     agreed = agreement(check.reference, outputs, check.kind)
     if agreed < MIN_AGREEMENT[mode]:
-        return (
+        return _Rejection(
             f"{name}: the converted model agrees with the original on only {agreed:.1%} "
             f"of {len(check.inputs)} samples (needs {MIN_AGREEMENT[mode]:.0%})"
         )
@@ -129,7 +138,7 @@ def _first_verified(
     calibration: npt.NDArray[Any] | None,
     check: CheckSet,
 ) -> Conversion:
-    reasons = []
+    rejections = []
     for name, factory in candidates:
         outcome = _attempt(
             name,
@@ -142,8 +151,12 @@ def _first_verified(
         )
         if isinstance(outcome, Conversion):
             return outcome
-        reasons.append(outcome)
-    raise ConversionFailed(f"TFLite conversion ({mode.value}) was refused: " + "; ".join(reasons))
+        rejections.append(outcome)
+    raise ConversionFailed(
+        f"TFLite conversion ({mode.value}) was refused: "
+        + "; ".join(rejection.reason for rejection in rejections),
+        detail="\n".join(rejection.detail for rejection in rejections if rejection.detail) or None,
+    )
 
 
 def convert_keras(

@@ -127,6 +127,7 @@ def test_converter_errors_become_a_reason(check, tmp_path):
             check=check,
         )
     assert "/srv/secret" not in caught.value.message
+    assert caught.value.detail == "internal converter detail /srv/secret"
 
 
 def test_int8_needs_calibration_inputs(cnn, check, tmp_path):
