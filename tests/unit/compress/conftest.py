@@ -56,8 +56,7 @@ def contents(directory: Path) -> set[Path]:
     return {path.relative_to(directory) for path in directory.rglob("*")}
 
 
-@pytest.fixture(scope="session")
-def digits() -> Digits:
+def load_digits_split() -> Digits:
     """scikit-learn's digits, split with random_state=0."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -69,10 +68,8 @@ def digits() -> Digits:
     return Digits(x_train, y_train, x_test, y_test)
 
 
-@pytest.fixture(scope="session")
-def data_files(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
-    """training.npz and evaluation.npz (x, y) and calibration.npz (x only)."""
-    directory = tmp_path_factory.mktemp("data")
+def write_data_files(digits: Digits, directory: Path) -> DataFiles:
+    """Write training.npz and evaluation.npz (x, y) and calibration.npz (x only)."""
     files = DataFiles(
         training=directory / "training.npz",
         evaluation=directory / "evaluation.npz",
@@ -95,8 +92,7 @@ def _train(model: Any, digits: Digits, *, epochs: int) -> float:
     return float(model.evaluate(digits.x_test, digits.y_test, verbose=0)[1])
 
 
-@pytest.fixture(scope="session")
-def cnn(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+def train_cnn(digits: Digits, path: Path) -> TrainedModel:
     """The target model: Conv-Conv-Dense, 56,086 parameters, about 99% on the test split."""
     keras = _tf.keras()
     layers = keras.layers
@@ -114,13 +110,11 @@ def cnn(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> TrainedMode
         name="digits_cnn",
     )
     accuracy = _train(model, digits, epochs=30)
-    path = tmp_path_factory.mktemp("cnn") / "cnn.keras"
     model.save(path)
     return TrainedModel(model, path, accuracy)
 
 
-@pytest.fixture(scope="session")
-def mlp_chain(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+def train_mlp_chain(digits: Digits, path: Path) -> TrainedModel:
     """A functional MLP with three same-width hidden layers: room for layer cutting."""
     keras = _tf.keras()
     layers = keras.layers
@@ -133,9 +127,32 @@ def mlp_chain(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Train
     outputs = layers.Dense(10, activation="softmax")(hidden)
     model = keras.Model(inputs, outputs, name="mlp_chain")
     accuracy = _train(model, digits, epochs=25)
-    path = tmp_path_factory.mktemp("mlp") / "mlp.keras"
     model.save(path)
     return TrainedModel(model, path, accuracy)
+
+
+@pytest.fixture(scope="session")
+def digits() -> Digits:
+    """scikit-learn's digits, split with random_state=0."""
+    return load_digits_split()
+
+
+@pytest.fixture(scope="session")
+def data_files(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
+    """The digits split as the .npz files a tenant uploads."""
+    return write_data_files(digits, tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def cnn(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """The digits CNN, trained once per session."""
+    return train_cnn(digits, tmp_path_factory.mktemp("cnn") / "cnn.keras")
+
+
+@pytest.fixture(scope="session")
+def mlp_chain(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """The cuttable MLP, trained once per session."""
+    return train_mlp_chain(digits, tmp_path_factory.mktemp("mlp") / "mlp.keras")
 
 
 def zip_directory(directory: Path, target: Path) -> Path:

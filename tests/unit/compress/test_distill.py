@@ -15,7 +15,9 @@ def test_distilled_student_is_40x_smaller_and_within_2_points(cnn, data_files, s
         source=cnn.path,
         kind=ModelKind.KERAS,
         staging=staging,
-        options=parse_options({"distill": {"student": "cnn-tiny", "temperature": 8, "epochs": 60}}),
+        options=parse_options(
+            {"distill": {"student": "cnn-tiny", "temperature": 8, "epochs": 100}}
+        ),
         training=data_files.training,
         evaluation=data_files.evaluation,
     )
