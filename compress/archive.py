@@ -24,8 +24,9 @@ import tarfile
 import zipfile
 import zlib
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 from compress.errors import UnsafeArchive
 
@@ -37,6 +38,10 @@ if TYPE_CHECKING:
 _CHUNK = 1024 * 1024
 _CORRUPT = "the archive is truncated or corrupt"
 _UNIX = 3  # ZipInfo.create_system for archives made on Unix: mode bits are meaningful
+# A tar entry costs a 512-byte header plus up to 511 bytes of padding; the
+# archive ends with two zero blocks, padded to a 10 KiB record.
+_TAR_OVERHEAD_PER_ENTRY = 1024
+_TAR_OVERHEAD = 20 * 1024
 
 
 class _Budget:
@@ -211,6 +216,31 @@ def _tar_entry_kind(member: tarfile.TarInfo) -> str:
     raise UnsafeArchive("the archive contains an entry that is not a file or a directory")
 
 
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _BoundedStream:
+    """The decompressed bytes of a tar.gz, counted as tarfile reads them.
+
+    tarfile reads some headers whole (a pax header of any declared size goes
+    into memory at once), so member checks alone cannot stop a bomb hidden in
+    a header. Every byte tarfile asks for passes through here and counts
+    against the archive's limits, headers included.
+    """
+
+    def __init__(self, stream: _Readable, *, budget: _Budget) -> None:
+        self._stream = stream
+        self._budget = budget
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            return b"".join(iter(lambda: self.read(_CHUNK), b""))
+        data = self._stream.read(size)
+        self._budget.add_bytes(len(data))
+        return data
+
+
 def _tar_members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     # Stream mode: headers are read in order and never revisited, so a bomb is
     # stopped at the first entry past the limits rather than after a full scan.
@@ -223,14 +253,24 @@ def unpack_tar_gz(source: Path, *, destination: Path, limits: IntakeLimits) -> P
 
     Same rules and same cleanup as ``unpack_zip``. The archive is read as a
     stream in one pass: each entry is checked when its header arrives and
-    written (or the whole archive refused) before the next one is read.
+    written (or the whole archive refused) before the next one is read. The
+    decompressed stream as a whole is bounded too (``_BoundedStream``), with
+    room for the headers and padding of ``max_entries`` entries.
     """
-    budget = _Budget(limits, archive_bytes=source.stat().st_size)
+    archive_bytes = source.stat().st_size
+    budget = _Budget(limits, archive_bytes=archive_bytes)
+    headroom = _TAR_OVERHEAD_PER_ENTRY * limits.max_entries + _TAR_OVERHEAD
+    stream_limits = replace(limits, max_unpacked_bytes=limits.max_unpacked_bytes + headroom)
+    stream_budget = _Budget(stream_limits, archive_bytes=archive_bytes)
     seen: set[PurePosixPath] = set()
     with (
         _refusing(destination),
         source.open("rb") as handle,
-        tarfile.open(fileobj=handle, mode="r|gz") as archive,
+        gzip.GzipFile(fileobj=handle, mode="rb") as decompressed,
+        # tarfile only calls read() on a stream-mode fileobj; its stub wants a full file.
+        tarfile.open(  # type: ignore[call-overload]
+            fileobj=_BoundedStream(decompressed, budget=stream_budget), mode="r|"
+        ) as archive,
     ):
         for member in _tar_members(archive):
             budget.add_entry()

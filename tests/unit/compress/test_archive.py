@@ -283,3 +283,16 @@ def test_existing_destination_is_never_merged_into(tmp_path, staging):
 def test_member_path_normalises_safe_names(name, expected):
     """Safe names are normalised; the archive root itself maps to None."""
     assert member_path(name) == expected
+
+
+def test_tar_gz_bomb_in_a_pax_header_is_refused(tmp_path, staging):
+    """A 20 MiB pax header (read whole by tarfile) is stopped as it streams, not after."""
+    path = tmp_path / "pax.tar.gz"
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as archive:
+        info = tar_info("model/saved_model.pb", pax_headers={"comment": "A" * (20 * 1024 * 1024)})
+        info.size = 5
+        archive.addfile(info, io.BytesIO(b"graph"))
+    assert path.stat().st_size < 100_000
+    with pytest.raises(UnsafeArchive, match="decompression bomb"):
+        unpack_tar_gz(path, destination=staging / "out", limits=LIMITS)
+    assert_refused_cleanly(tmp_path, path, staging)
