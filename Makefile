@@ -26,7 +26,7 @@ install-test: $(VENV)/.installed-test
 
 ## run: install, initialise the data directory once, start the server
 run: install
-	$(BIN)/sealserve init --if-missing
+	$(BIN)/sealserve init --if-missing --demo
 	$(BIN)/sealserve serve
 
 ## test: install with test extras and run the whole suite

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -53,7 +54,7 @@ def generate(out_dir: Path) -> dict[str, bytes]:
     ``out_dir/protos/``. Raises ``GenerationError`` if protoc fails.
     """
     try:
-        from grpc_tools import protoc  # noqa: PLC0415 - dev-only dependency
+        import grpc_tools  # noqa: F401, PLC0415 - dev-only dependency
     except ImportError as exc:  # pragma: no cover - depends on the install
         msg = "grpcio-tools is not installed; run `make install-test`"
         raise GenerationError(msg) from exc
@@ -70,8 +71,13 @@ def generate(out_dir: Path) -> dict[str, bytes]:
         f"--grpc_python_out={out_dir}",
         *(str(path) for path in sources),
     ]
-    if protoc.main(args) != 0:
-        raise GenerationError("protoc failed; see the messages above")
+    # protoc runs in its own process: loaded in-process beside other native
+    # protobuf users (TensorFlow in the test session) it can crash the interpreter.
+    done = subprocess.run(  # noqa: S603 - the venv's own interpreter and protoc module
+        [sys.executable, "-m", *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise GenerationError(f"protoc failed: {done.stderr.strip()}")
     generated = out_dir / PROTOS_DIR.name
     return {path.name: path.read_bytes() for path in sorted(generated.iterdir())}
 

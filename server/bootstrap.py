@@ -15,6 +15,8 @@ from auth import KeyAlgorithm, TokenIssuer, TokenVerifier, new_pepper, trusted_i
 from server import schema
 from server.errors import StartupError
 from server.service.access import AccessControl, DenyList, SigningKeys
+from server.service.models import ModelAdminService
+from server.service.resolver import ModelResolver
 from server.service.tenants import TenantAdminService
 from storage import MasterKeyRing, Registry, make_engine, make_session_factory
 from storage.crypto.master import (
@@ -96,6 +98,8 @@ class Services:
     signing_keys: SigningKeys
     access: AccessControl
     tenants: TenantAdminService
+    resolver: ModelResolver
+    models: ModelAdminService
 
 
 PEPPER_NAME = "client-secret-pepper"
@@ -138,8 +142,17 @@ def build_services(container: Container) -> Services:
     tenants = TenantAdminService(
         registry=container.registry, identities=identities, deny=deny, pepper=pepper
     )
+    resolver = ModelResolver(container.registry)
+    models = ModelAdminService(
+        registry=container.registry, resolver=resolver, max_model_bytes=settings.max_model_bytes
+    )
     return Services(
-        identities=identities, signing_keys=signing_keys, access=access, tenants=tenants
+        identities=identities,
+        signing_keys=signing_keys,
+        access=access,
+        tenants=tenants,
+        resolver=resolver,
+        models=models,
     )
 
 

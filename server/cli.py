@@ -23,6 +23,8 @@ from rich.table import Table
 from auth import AuthError
 from server import schema
 from server.bootstrap import Container, Services, build_container, build_services, ensure_schema
+from server.cli_models import app as models_app
+from server.demo.setup import DemoClient, ensure_demo, how_to_call
 from server.errors import StartupError
 from server.logs import configure_logging
 from server.service.errors import ServiceError
@@ -43,6 +45,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(clients_app, name="clients")
 app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
 
 console = Console()
 err = Console(stderr=True)
@@ -114,6 +117,9 @@ def init(
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="Do nothing when already initialised.")
     ] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Also create the demo tenant, client and digits model.")
+    ] = False,
 ) -> None:
     """Create the data directory, the master key (if none) and the schema."""
     settings = _settings()
@@ -128,8 +134,10 @@ def init(
             admin = services.tenants.create_client(
                 None, tenant=None, role="platform-admin", name="first platform admin"
             )
+        demo_client = ensure_demo(settings, services) if demo else None
     if already and if_missing and admin is None:
         console.print(f"data directory {settings.data_dir} already initialised (schema {revision})")
+        _print_demo(settings, demo_client)
         return
     console.print(f"[green]initialised[/] {settings.data_dir} (schema {revision})")
     if not already:
@@ -141,6 +149,14 @@ def init(
         console.print(
             "platform admin client created; its secret is shown [bold]only now[/]:\n"
             f"  client_id:     {admin.client_id}\n  client_secret: {admin.client_secret}"
+        )
+    _print_demo(settings, demo_client)
+
+
+def _print_demo(settings: Settings, client: DemoClient | None) -> None:
+    if client is not None:
+        console.print(
+            "\n" + how_to_call(settings, client), highlight=False, soft_wrap=True, markup=False
         )
 
 

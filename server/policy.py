@@ -21,7 +21,11 @@ OPERATIONS: dict[str, Scope | None] = {
     "token": PUBLIC,  # authenticated by client credentials, not by a token
     "token.revoke": PUBLIC,  # likewise (RFC 7009)
     "docs": PUBLIC,
+    "server.metadata": PUBLIC,
     "tenants.manage": Scope.TENANTS_MANAGE,
+    "models.read": Scope.MODELS_READ,
+    "models.write": Scope.MODELS_WRITE,
+    "infer": Scope.INFER,
 }
 
 REST_ROUTES: dict[tuple[str, str], str] = {
@@ -43,12 +47,44 @@ REST_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/admin/v1/tenants/{tenant}/clients"): "tenants.manage",
     ("GET", "/admin/v1/tenants/{tenant}/clients"): "tenants.manage",
     ("DELETE", "/admin/v1/tenants/{tenant}/clients/{client_id}"): "tenants.manage",
+    # Open Inference Protocol v2
+    ("GET", "/v2"): "server.metadata",
+    ("GET", "/v2/models/{model}"): "models.read",
+    ("GET", "/v2/models/{model}/versions/{version}"): "models.read",
+    ("GET", "/v2/models/{model}/ready"): "models.read",
+    ("GET", "/v2/models/{model}/versions/{version}/ready"): "models.read",
+    ("POST", "/v2/models/{model}/infer"): "infer",
+    ("POST", "/v2/models/{model}/versions/{version}/infer"): "infer",
+    # TensorFlow Serving REST API
+    ("POST", "/v1/models/{model}:predict"): "infer",
+    ("POST", "/v1/models/{model}/versions/{version}:predict"): "infer",
+    ("POST", "/v1/models/{model}/labels/{label}:predict"): "infer",
+    ("GET", "/v1/models/{model}"): "models.read",
+    ("GET", "/v1/models/{model}/versions/{version}"): "models.read",
+    ("GET", "/v1/models/{model}/labels/{label}"): "models.read",
+    ("GET", "/v1/models/{model}/metadata"): "models.read",
+    ("GET", "/v1/models/{model}/versions/{version}/metadata"): "models.read",
+    ("GET", "/v1/models/{model}/labels/{label}/metadata"): "models.read",
+    # Model administration
+    ("POST", "/admin/v1/models/{name}/versions"): "models.write",
+    ("GET", "/admin/v1/models"): "models.read",
+    ("GET", "/admin/v1/models/{name}"): "models.read",
+    ("DELETE", "/admin/v1/models/{name}"): "models.write",
+    ("DELETE", "/admin/v1/models/{name}/versions/{version}"): "models.write",
+    ("PUT", "/admin/v1/models/{name}/labels/{label}"): "models.write",
+    ("DELETE", "/admin/v1/models/{name}/labels/{label}"): "models.write",
 }
 
 GRPC_METHODS: dict[str, str] = {
     "/grpc.health.v1.Health/Check": "health",
     "/grpc.health.v1.Health/Watch": "health",
     "/grpc.health.v1.Health/List": "health",
+    "/inference.GRPCInferenceService/ServerLive": "health",
+    "/inference.GRPCInferenceService/ServerReady": "health",
+    "/inference.GRPCInferenceService/ServerMetadata": "server.metadata",
+    "/inference.GRPCInferenceService/ModelReady": "models.read",
+    "/inference.GRPCInferenceService/ModelMetadata": "models.read",
+    "/inference.GRPCInferenceService/ModelInfer": "infer",
 }
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -16,8 +19,10 @@ import uvicorn
 
 from server.grpc.server import GrpcGateway
 from server.metrics import Metrics
+from server.pool.pool import WorkerPool
 from server.rest.app import create_app
 from server.service.health import HealthService
+from server.service.inference import InferenceService
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -44,8 +49,28 @@ class Gateway:
         self.services = services
         self.metrics = Metrics()
         self.health = HealthService(container.engine)
-        self.app = create_app(services=services, health_service=self.health, metrics=self.metrics)
-        self.grpc = GrpcGateway(health_service=self.health, access=services.access)
+        # Unix socket paths must stay under ~100 bytes, so not under a deep data_dir;
+        # mkdtemp makes the directory private (0700) to this user.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="sealserve-"))
+        self.pool = WorkerPool(
+            settings, workers=max(1, settings.workers), socket_dir=self.socket_dir
+        )
+        self.inference = InferenceService(
+            resolver=services.resolver,
+            backend=self.pool,
+            max_request_bytes=settings.max_request_bytes,
+            timeout=settings.infer_timeout_seconds,
+        )
+        self.app = create_app(
+            settings=settings,
+            services=services,
+            inference=self.inference,
+            health_service=self.health,
+            metrics=self.metrics,
+        )
+        self.grpc = GrpcGateway(
+            health_service=self.health, access=services.access, inference=self.inference
+        )
         self.grpc_port = self.grpc.bind(f"{settings.host}:{settings.grpc_port}")
         config = uvicorn.Config(
             self.app,
@@ -68,6 +93,7 @@ class Gateway:
     async def serve(self) -> None:
         """Serve until ``stop()`` is called or a signal arrives."""
         self.services.access.deny.start()
+        await self.pool.start()
         await self.grpc.start()
         http_task = asyncio.create_task(self.http.serve())
         while not self.http.started:
@@ -83,9 +109,10 @@ class Gateway:
         await self.stopping.wait()
         log.info("shutting down", grace_seconds=self.container.settings.shutdown_grace_seconds)
         self.http.should_exit = True
-        await asyncio.gather(
-            http_task, self.grpc.stop(self.container.settings.shutdown_grace_seconds)
-        )
+        grace = self.container.settings.shutdown_grace_seconds
+        await asyncio.gather(http_task, self.grpc.stop(grace))
+        await self.pool.stop(grace)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
         self.services.access.deny.stop()
         log.info("stopped")
 

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """How long in-flight calls get to finish after SIGTERM."""
 
+    max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    """Largest model upload, enforced while the upload streams."""
+
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Largest inference request body (and total tensor bytes)."""
+
+    infer_timeout_seconds: float = Field(default=30.0, gt=0)
+    """How long one inference call may take end to end."""
+
     token_issuer: str = "sealserve"  # noqa: S105 - a name, not a secret
     """``iss`` of the tokens this server issues."""
 

@@ -63,9 +63,11 @@ class ServerProcess:
         return self.log.read_text(errors="replace")
 
 
-def start_server(env: dict[str, str], log: Path, *, timeout: float = 60) -> ServerProcess:
-    """Start ``sealserve serve`` on free ports and wait until it reports ready."""
-    rest, grpc_port = free_port(), free_port()
+def start_server(
+    env: dict[str, str], log: Path, *, timeout: float = 60, ports: tuple[str, str] | None = None
+) -> ServerProcess:
+    """Start ``sealserve serve`` (on free ports unless given) and wait until it is ready."""
+    rest, grpc_port = (int(ports[0]), int(ports[1])) if ports else (free_port(), free_port())
     env = {**env, "SEALSERVE_REST_PORT": str(rest), "SEALSERVE_GRPC_PORT": str(grpc_port)}
     with log.open("wb") as handle:  # the child keeps its own descriptor
         process = subprocess.Popen(  # noqa: S603 - our own console script

@@ -11,10 +11,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from starlette.concurrency import run_in_threadpool
 
 from server.grpc.interceptors import GatewayInterceptor
+from server.grpc.servicers import InferenceServicer, add_to_server
 
 if TYPE_CHECKING:
     from server.service.access import AccessControl
     from server.service.health import HealthService
+    from server.service.inference import InferenceService
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -24,7 +26,12 @@ class GrpcGateway:
     """A ``grpc.aio`` server plus the task that keeps its health status current."""
 
     def __init__(
-        self, *, health_service: HealthService, access: AccessControl, poll_seconds: float = 2.0
+        self,
+        *,
+        health_service: HealthService,
+        access: AccessControl,
+        inference: InferenceService,
+        poll_seconds: float = 2.0,
     ) -> None:
         self.server = grpc.aio.server(
             interceptors=[GatewayInterceptor(access)],
@@ -38,7 +45,12 @@ class GrpcGateway:
         self._poll_seconds = poll_seconds
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.services: list[Any] = [health_pb2.DESCRIPTOR.services_by_name["Health"]]
+        self.services: list[Any] = [
+            health_pb2.DESCRIPTOR.services_by_name["Health"],
+            add_to_server(
+                InferenceServicer(inference=inference, health=health_service), self.server
+            ),
+        ]
         self._task: asyncio.Task[None] | None = None
 
     def bind(self, address: str) -> int:

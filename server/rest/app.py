@@ -9,15 +9,24 @@ from fastapi import Depends, FastAPI
 from server.rest.deps import enforce_policy
 from server.rest.errors import install_error_handlers
 from server.rest.middleware import RequestContextMiddleware
-from server.rest.routes import auth, health, tenants
+from server.rest.routes import auth, health, models, tenants, tfserving, v2
 
 if TYPE_CHECKING:
     from server.bootstrap import Services
     from server.metrics import Metrics
     from server.service.health import HealthService
+    from server.service.inference import InferenceService
+    from server.settings import Settings
 
 
-def create_app(*, services: Services, health_service: HealthService, metrics: Metrics) -> FastAPI:
+def create_app(
+    *,
+    settings: Settings,
+    services: Services,
+    inference: InferenceService,
+    health_service: HealthService,
+    metrics: Metrics,
+) -> FastAPI:
     """Build the REST app around already-built services (the app owns none of them)."""
     app = FastAPI(
         title="sealserve",
@@ -27,12 +36,17 @@ def create_app(*, services: Services, health_service: HealthService, metrics: Me
         # Every route passes the policy table before its body runs.
         dependencies=[Depends(enforce_policy)],
     )
+    app.state.settings = settings
     app.state.services = services
+    app.state.inference = inference
     app.state.container_health = health_service
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(tenants.router)
+    app.include_router(models.router)
+    app.include_router(v2.router)
+    app.include_router(tfserving.router)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

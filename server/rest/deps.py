@@ -11,6 +11,7 @@ from server.policy import rest_operation
 
 if TYPE_CHECKING:
     from server.bootstrap import Services
+    from server.service.inference import InferenceService
 
 
 def enforce_policy(request: Request) -> None:
@@ -38,5 +39,10 @@ def _services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
+def _inference(request: Request) -> InferenceService:
+    return request.app.state.inference  # type: ignore[no-any-return]
+
+
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
 ServicesDep = Annotated["Services", Depends(_services)]
+InferenceDep = Annotated["InferenceService", Depends(_inference)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fastapi.routing import iter_route_contexts
 
@@ -9,6 +11,8 @@ from server import policy
 from server.bootstrap import build_container, build_services, ensure_schema
 from server.grpc.server import GrpcGateway
 from server.metrics import Metrics
+from server.pool.pool import WorkerPool
+from server.service.inference import InferenceService
 from server.rest.app import create_app
 from server.service.health import HealthService
 from server.settings import load_settings
@@ -22,9 +26,24 @@ def built(tmp_path_factory):
     ensure_schema(container.engine, settings)
     services = build_services(container)
     health = HealthService(container.engine)
-    app = create_app(services=services, health_service=health, metrics=Metrics())
-    grpc_gateway = GrpcGateway(health_service=health, access=services.access)
+    pool = WorkerPool(settings, workers=1, socket_dir=settings.data_dir / "run")  # never started
+    inference = InferenceService(
+        resolver=services.resolver, backend=pool, max_request_bytes=1024, timeout=1.0
+    )
+    app = create_app(
+        settings=settings,
+        services=services,
+        inference=inference,
+        health_service=health,
+        metrics=Metrics(),
+    )
+    # grpc.aio binds its server to the current event loop; earlier tests may have closed theirs.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    grpc_gateway = GrpcGateway(health_service=health, access=services.access, inference=inference)
     yield app, grpc_gateway
+    asyncio.set_event_loop(None)
+    loop.close()
     container.close()
 
 
@@ -64,4 +83,12 @@ def test_every_grpc_method_is_in_the_table(built) -> None:
 def test_only_health_jwks_and_token_are_public() -> None:
     """Public operations are exactly the documented ones."""
     public = {op for op, scope in policy.OPERATIONS.items() if scope is policy.PUBLIC}
-    assert public == {"health", "metrics", "jwks", "token", "token.revoke", "docs"}
+    assert public == {
+        "health",
+        "metrics",
+        "jwks",
+        "token",
+        "token.revoke",
+        "docs",
+        "server.metadata",
+    }

@@ -1,0 +1,109 @@
+"""Open Inference Protocol v2 over REST (what tritonclient, KServe and MLServer speak)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from server.rest.body import read_body
+from server.rest.deps import CurrentPrincipal, InferenceDep
+from server.rest.errors import error_response
+from server.rest.responses import json_response
+from server.rest.v2codec import HEADER_LENGTH, encode_response, parse_request
+
+router = APIRouter(tags=["inference"])
+
+
+@router.get("/v2")
+async def server_metadata(inference: InferenceDep) -> Response:
+    """Server name, version and supported extensions."""
+    return json_response(inference.server_metadata())
+
+
+@router.get("/v2/models/{model}")
+async def model_metadata(
+    model: str, principal: CurrentPrincipal, inference: InferenceDep
+) -> Response:
+    """The default version's signature."""
+    return json_response(await inference.model_metadata(principal, model))
+
+
+@router.get("/v2/models/{model}/versions/{version}")
+async def version_metadata(
+    model: str, version: str, principal: CurrentPrincipal, inference: InferenceDep
+) -> Response:
+    """One version's (or label's) signature."""
+    return json_response(await inference.model_metadata(principal, model, version))
+
+
+async def _ready(
+    request: Request,
+    principal: CurrentPrincipal,
+    inference: InferenceDep,
+    model: str,
+    version: str | None,
+) -> Response:
+    if await inference.model_ready(principal, model, version):
+        return Response(status_code=200)
+    return error_response(
+        request, status=503, message=f"model '{model}' is not ready", code="unavailable"
+    )
+
+
+@router.get("/v2/models/{model}/ready")
+async def model_ready(
+    request: Request, model: str, principal: CurrentPrincipal, inference: InferenceDep
+) -> Response:
+    """200 when the default version can serve."""
+    return await _ready(request, principal, inference, model, None)
+
+
+@router.get("/v2/models/{model}/versions/{version}/ready")
+async def version_ready(
+    request: Request,
+    model: str,
+    version: str,
+    principal: CurrentPrincipal,
+    inference: InferenceDep,
+) -> Response:
+    """200 when that version can serve."""
+    return await _ready(request, principal, inference, model, version)
+
+
+async def _infer(
+    request: Request,
+    principal: CurrentPrincipal,
+    inference: InferenceDep,
+    model: str,
+    version: str | None,
+) -> Response:
+    body = await read_body(request, inference.max_request_bytes)
+    parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
+    answer = await inference.infer(principal, model, version, parsed)
+    content, header_length = encode_response(answer, parsed)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )
+
+
+@router.post("/v2/models/{model}/infer")
+async def infer(
+    request: Request, model: str, principal: CurrentPrincipal, inference: InferenceDep
+) -> Response:
+    """Run the default version."""
+    return await _infer(request, principal, inference, model, None)
+
+
+@router.post("/v2/models/{model}/versions/{version}/infer")
+async def infer_version(
+    request: Request,
+    model: str,
+    version: str,
+    principal: CurrentPrincipal,
+    inference: InferenceDep,
+) -> Response:
+    """Run a version given by number or label."""
+    return await _infer(request, principal, inference, model, version)

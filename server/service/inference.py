@@ -1,0 +1,177 @@
+"""Inference use cases, shared by REST (Open Inference Protocol, TF Serving) and gRPC.
+
+Every method takes the caller's principal first. The tenant always comes from
+the principal, so another tenant's model is exactly as invisible as a missing
+one: both raise the same ``NotFound``. Requests are validated against the
+signature stored with the version before anything reaches a worker.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from server.service.datatypes import element_count
+from server.service.errors import InvalidRequest, ModelNotReady, PayloadTooLarge
+from server.service.types import InferRequest, InferResponse, ModelKey, Tensor
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from auth import Principal
+    from server.service.resolver import ModelResolver
+    from storage import ModelVersionInfo
+
+SERVER_NAME = "sealserve"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ("binary_tensor_data", "model_repository", "sealserve_tenants")
+
+
+class Backend(Protocol):
+    """Where inference runs (the worker pool)."""
+
+    async def infer(
+        self,
+        key: ModelKey,
+        inputs: Sequence[Tensor],
+        outputs: Sequence[str],
+        *,
+        request_id: str | None,
+        timeout: float,
+    ) -> list[Tensor]:
+        """Run one call and return the requested outputs (all when none named)."""
+        ...
+
+
+def _tenant(principal: Principal) -> str:
+    # The policy allowed the call, so a tenant principal is guaranteed here;
+    # a platform principal never holds `infer` or `models:read`.
+    if principal.tenant_id is None:
+        raise InvalidRequest("platform clients cannot use tenant models")
+    return principal.tenant_id
+
+
+class InferenceService:
+    """Metadata, readiness and inference for the caller's own models."""
+
+    def __init__(
+        self,
+        *,
+        resolver: ModelResolver,
+        backend: Backend,
+        max_request_bytes: int,
+        timeout: float,
+    ) -> None:
+        self._resolver = resolver
+        self._backend = backend
+        self.max_request_bytes = max_request_bytes
+        self._timeout = timeout
+
+    @staticmethod
+    def server_metadata() -> dict[str, Any]:
+        """Name, version and protocol extensions of this server."""
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+
+    async def version(
+        self, principal: Principal, model: str, ref: str | None = None
+    ) -> ModelVersionInfo:
+        """Resolve ``model[@ref]`` in the caller's tenant (NotFound otherwise)."""
+        return await self._resolver.resolve(_tenant(principal), model, ref)
+
+    async def model_metadata(
+        self, principal: Principal, model: str, ref: str | None = None
+    ) -> dict[str, Any]:
+        """The stored signature in protocol terms (-1 for variable dimensions)."""
+        info = await self.version(principal, model, ref)
+        signature = info.signature
+        return {
+            "name": info.model_name,
+            "versions": [str(info.version)],
+            "platform": "tensorflow_lite",
+            "inputs": [_public(t) for t in signature.get("inputs", [])],
+            "outputs": [_public(t) for t in signature.get("outputs", [])],
+        }
+
+    async def model_ready(self, principal: Principal, model: str, ref: str | None = None) -> bool:
+        """Whether the version can serve (raises NotFound for an unknown model)."""
+        return (await self.version(principal, model, ref)).state == "ready"
+
+    async def infer(
+        self, principal: Principal, model: str, ref: str | None, request: InferRequest
+    ) -> InferResponse:
+        """Validate ``request`` against the version's signature and run it on a worker."""
+        info = await self.version(principal, model, ref)
+        if info.state != "ready":
+            raise ModelNotReady(f"model '{model}' version {info.version} is not ready")
+        _check_inputs(request.inputs, info.signature, limit=self.max_request_bytes)
+        wanted = _check_outputs(request, info.signature)
+        outputs = await self._backend.infer(
+            ModelKey(info.tenant_id, info.id),
+            request.inputs,
+            wanted,
+            request_id=request.id,
+            timeout=self._timeout,
+        )
+        return InferResponse(
+            model_name=info.model_name,
+            model_version=str(info.version),
+            outputs=tuple(outputs),
+            id=request.id,
+        )
+
+
+def _public(tensor: dict[str, Any]) -> dict[str, Any]:
+    return {"name": tensor["name"], "datatype": tensor["datatype"], "shape": tensor["shape"]}
+
+
+def _check_inputs(inputs: Sequence[Tensor], signature: dict[str, Any], *, limit: int) -> None:
+    expected = {t["name"]: t for t in signature.get("inputs", [])}
+    seen: set[str] = set()
+    total = 0
+    for tensor in inputs:
+        spec = expected.get(tensor.name)
+        if spec is None:
+            names = ", ".join(sorted(expected)) or "none"
+            raise InvalidRequest(f"unknown input '{tensor.name}'; the model's inputs are: {names}")
+        if tensor.name in seen:
+            raise InvalidRequest(f"input '{tensor.name}' is given twice")
+        seen.add(tensor.name)
+        if tensor.datatype != spec["datatype"]:
+            raise InvalidRequest(
+                f"input '{tensor.name}' has datatype {tensor.datatype}; "
+                f"the model expects {spec['datatype']}"
+            )
+        _check_shape(tensor, spec["shape"])
+        total += (
+            int(tensor.data.nbytes)
+            if tensor.datatype != "BYTES"
+            else sum(len(item) for item in tensor.data.reshape(-1))
+        )
+        if total > limit:
+            raise PayloadTooLarge(f"request tensors exceed the limit of {limit} bytes")
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise InvalidRequest(f"missing input '{missing[0]}'")
+
+
+def _check_shape(tensor: Tensor, expected: list[int]) -> None:
+    shape = list(tensor.shape)
+    if len(shape) != len(expected) or any(
+        want not in (-1, have) for want, have in zip(expected, shape, strict=True)
+    ):
+        raise InvalidRequest(
+            f"input '{tensor.name}' has shape {shape}; the model expects {expected} "
+            "(-1 is any size)"
+        )
+    if element_count(shape) == 0:
+        raise InvalidRequest(f"input '{tensor.name}' is empty")
+
+
+def _check_outputs(request: InferRequest, signature: dict[str, Any]) -> list[str]:
+    known = [t["name"] for t in signature.get("outputs", [])]
+    wanted = [output.name for output in request.outputs]
+    for name in wanted:
+        if name not in known:
+            raise InvalidRequest(
+                f"unknown output '{name}'; the model's outputs are: {', '.join(known)}"
+            )
+    return wanted
