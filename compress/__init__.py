@@ -34,6 +34,7 @@ from compress.options import (
     PruneOptions,
     Quantization,
     Task,
+    check_compatible,
     parse_options,
 )
 from compress.pipeline import compress_model
@@ -71,6 +72,7 @@ __all__ = [
     "UnsafeArchive",
     "UnsafeModel",
     "UnsupportedFormat",
+    "check_compatible",
     "compress_model",
     "extract_signature",
     "kind_from_filename",

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from compress.limits import IntakeLimits
 
 Array = npt.NDArray[np.generic]
+FloatArray = npt.NDArray[np.float32]
 
 _MEMBERS = {"x.npy": "x", "y.npy": "y"}
 _NUMERIC_KINDS = frozenset("biuf")  # bool, signed, unsigned, float
@@ -43,10 +44,6 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.x)
-
-    def head(self, count: int) -> Dataset:
-        """The first ``count`` samples: a cheap, deterministic sample for checks."""
-        return Dataset(self.x[:count], None if self.y is None else self.y[:count])
 
 
 def _check_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, *, role: str) -> None:

@@ -11,7 +11,7 @@ closeness, relative to the spread of the reference outputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +19,8 @@ import numpy.typing as npt
 from compress.errors import InvalidData
 from compress.options import Task
 
-FloatArray = npt.NDArray[np.float32]
+if TYPE_CHECKING:
+    from compress.data import FloatArray
 
 _PROBABILITY_SLACK = 1e-3
 # Regression outputs agree when within this share of the reference's standard deviation.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +19,8 @@ import numpy.typing as npt
 from compress import _tf
 from compress.errors import UnsupportedFormat
 
-FloatArray = npt.NDArray[np.float32]
+if TYPE_CHECKING:
+    from compress.data import FloatArray
 
 _QUANTIZED = (np.int8, np.uint8, np.int16)
 

@@ -31,9 +31,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from compress._tf import KerasModel
+    from compress.data import FloatArray
     from compress.limits import IntakeLimits
-
-FloatArray = npt.NDArray[np.float32]
 
 _BATCH = 256
 

@@ -4,7 +4,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from compress.data import Dataset, load_npz
+from compress.data import load_npz
 from compress.errors import InputTooLarge, InvalidData, UnsafeArchive
 from compress.limits import IntakeLimits
 
@@ -115,12 +115,3 @@ def test_npz_bomb_is_refused_by_the_archive_rules(tmp_path):
     np.savez_compressed(path, x=np.zeros((5000, 1000), np.float32))
     with pytest.raises(UnsafeArchive, match="decompression bomb"):
         load_npz(path, role="training", limits=LIMITS, require_labels=False)
-
-
-def test_head_takes_the_first_rows_of_x_and_y():
-    """Dataset.head keeps x and y aligned."""
-    data = Dataset(np.arange(10).reshape(5, 2), np.arange(5))
-    head = data.head(2)
-    assert head.x.tolist() == [[0, 1], [2, 3]]
-    assert head.y is not None
-    assert head.y.tolist() == [0, 1]
