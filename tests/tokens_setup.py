@@ -11,7 +11,12 @@ from sqlalchemy import text
 from server import schema
 from server.bootstrap import build_container
 from server.settings import load_settings
+from server.tflite_check import check_tflite
+from storage.db import unit_of_work
 from storage.identity import IdentityStore, SigningKeyRecord
+from storage.keys import KeyHierarchy
+from tests.auth_cases import TENANT
+from tests.digits import DEMO_MODEL
 from tests.servers import server_env
 
 if TYPE_CHECKING:
@@ -58,11 +63,18 @@ def prepare_data_dir(ctx: TokenContext, data_dir: Path) -> dict[str, str]:
         )
         store.revoke_token(ctx.revoked_jti, expires_at=datetime.now(UTC) + timedelta(hours=1))
         with container.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO tenants (id, name, state, created_at) VALUES (:i, :n, 'suspended', :c)"
-                ),
-                {"i": ctx.suspended_tenant, "n": "suspended-tenant", "c": datetime.now(UTC)},
+            for tenant_id, state in ((ctx.suspended_tenant, "suspended"), (TENANT, "active")):
+                conn.execute(
+                    text("INSERT INTO tenants (id, name, state, created_at) VALUES (:i, :n, :s, :c)"),
+                    {"i": tenant_id, "n": tenant_id, "s": state, "c": datetime.now(UTC)},
+                )
+        # The table's tokens name tenant id "acme": give it a key and the digits model.
+        with unit_of_work(container.sessions) as session:
+            session.add(KeyHierarchy(container.master_keys).new_tenant_key(tenant_id=TENANT, version=1))
+        with DEMO_MODEL.open("rb") as source:
+            container.registry.put_version(
+                tenant_id=TENANT, model_name="digits", source=source, format="tflite",
+                signature=check_tflite(DEMO_MODEL).signature,
             )
     finally:
         container.close()

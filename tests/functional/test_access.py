@@ -1,4 +1,4 @@
-"""Access control through a real server over REST: crafted tokens, tenants, clients, OAuth.
+"""Access control through a real server over REST and gRPC: crafted tokens, tenants, clients, OAuth.
 
 The crafted-token table (``tests/auth_cases.py``) is the same one the unit
 suite runs against the verifier; here every case goes through HTTP to a real
@@ -284,3 +284,54 @@ def test_no_secret_reaches_the_logs(server, admin) -> None:
     for secret in secrets_seen:
         assert secret not in log  # ...but nothing secret was
         assert secret[:24] not in log  # not even a prefix
+
+
+INFER_BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}).encode()
+PREDICT_BODY = json.dumps({"instances": [[0.0] * 64]}).encode()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize(("path", "body"), [("/v2/models/digits/infer", INFER_BODY), ("/v1/models/digits:predict", PREDICT_BODY)], ids=["v2-infer", "tfs-predict"])
+def test_crafted_token_on_inference_routes(case: TokenCase, path, body, ctx, server) -> None:
+    """The same table on inference: attacks are 401; controls run the model (or lack its scope)."""
+    running, _ = server
+    value = f"Bearer {case.make(ctx)}".strip().encode()
+    reply = httpx.post(running.url + path, content=body, headers={"Authorization": value, "Content-Type": "application/json"})
+    assert reply.status_code != 500
+    if case.outcome is Outcome.ACCEPT:
+        # Tenant tokens with `infer` run tenant acme's digits model; platform tokens may not infer.
+        assert reply.status_code in (200, 403), (case.name, reply.text)
+    else:
+        assert reply.status_code == 401, (case.name, reply.text)
+        assert reply.json()["error"] in (case.message, BEARER_GRAMMAR), case.name
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_crafted_token_on_grpc_model_infer(case: TokenCase, ctx, server) -> None:
+    """The same table through the gRPC interceptor on ModelInfer and ModelMetadata."""
+    import grpc
+
+    from protos import inference_pb2, inference_pb2_grpc
+
+    running, _ = server
+    request = inference_pb2.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(bytes(256))
+    token = case.make(ctx)
+    # gRPC metadata must be printable ASCII: a client cannot send what it cannot encode.
+    value = f"Bearer {token}".strip().encode("ascii", "replace").decode()
+    with grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        outcomes = []
+        for call, message in ((stub.ModelInfer, request), (stub.ModelMetadata, inference_pb2.ModelMetadataRequest(name="digits"))):
+            try:
+                call(message, metadata=[("authorization", value)], timeout=10)
+                outcomes.append(("OK", ""))
+            except grpc.RpcError as exc:
+                outcomes.append((exc.code().name, exc.details()))
+    for code, details in outcomes:
+        assert code != "INTERNAL", (case.name, details)
+        if case.outcome is Outcome.ACCEPT:
+            assert code in ("OK", "PERMISSION_DENIED"), (case.name, code, details)
+        else:
+            assert code == "UNAUTHENTICATED", (case.name, code, details)
