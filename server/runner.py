@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import uvicorn
+from starlette.concurrency import run_in_threadpool
 
 from server.grpc.server import GrpcGateway
 from server.metrics import Metrics
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from server.bootstrap import Container, Services
 
 log = structlog.get_logger(__name__)
+SIGNING_KEY_RELOAD_SECONDS = 5.0
 
 
 class _UvicornServer(uvicorn.Server):
@@ -95,6 +97,7 @@ class Gateway:
         self.services.access.deny.start()
         await self.pool.start()
         await self.grpc.start()
+        key_reload = asyncio.create_task(self._reload_signing_keys())
         http_task = asyncio.create_task(self.http.serve())
         while not self.http.started:
             if http_task.done():
@@ -109,12 +112,23 @@ class Gateway:
         await self.stopping.wait()
         log.info("shutting down", grace_seconds=self.container.settings.shutdown_grace_seconds)
         self.http.should_exit = True
+        key_reload.cancel()
         grace = self.container.settings.shutdown_grace_seconds
         await asyncio.gather(http_task, self.grpc.stop(grace))
         await self.pool.stop(grace)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
         self.services.access.deny.stop()
         log.info("stopped")
+
+    async def _reload_signing_keys(self) -> None:
+        # A rotation made by another gateway or the CLI reaches this one within
+        # the interval: JWKS, issuance and verification follow the stored keys.
+        while True:
+            await asyncio.sleep(SIGNING_KEY_RELOAD_SECONDS)
+            try:
+                await run_in_threadpool(self.services.signing_keys.load)
+            except Exception:  # noqa: BLE001 - keep serving with the keys we have
+                log.warning("signing key reload failed", exc_info=True)
 
     def stop(self) -> None:
         """Ask the gateway to shut down gracefully."""

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.auth_cases import CASES, Outcome, TokenCase, make_context
-from tests.servers import cli, start_server
+from tests.servers import cli, server_env, start_server
 from tests.tokens_setup import prepare_data_dir
 
 ADMIN_ROUTE = "/admin/v1/tenants"
@@ -286,17 +286,27 @@ def test_no_secret_reaches_the_logs(server, admin) -> None:
         assert secret[:24] not in log  # not even a prefix
 
 
-INFER_BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}).encode()
+INFER_BODY = json.dumps(
+    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+).encode()
 PREDICT_BODY = json.dumps({"instances": [[0.0] * 64]}).encode()
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-@pytest.mark.parametrize(("path", "body"), [("/v2/models/digits/infer", INFER_BODY), ("/v1/models/digits:predict", PREDICT_BODY)], ids=["v2-infer", "tfs-predict"])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v2/models/digits/infer", INFER_BODY), ("/v1/models/digits:predict", PREDICT_BODY)],
+    ids=["v2-infer", "tfs-predict"],
+)
 def test_crafted_token_on_inference_routes(case: TokenCase, path, body, ctx, server) -> None:
     """The same table on inference: attacks are 401; controls run the model (or lack its scope)."""
     running, _ = server
     value = f"Bearer {case.make(ctx)}".strip().encode()
-    reply = httpx.post(running.url + path, content=body, headers={"Authorization": value, "Content-Type": "application/json"})
+    reply = httpx.post(
+        running.url + path,
+        content=body,
+        headers={"Authorization": value, "Content-Type": "application/json"},
+    )
     assert reply.status_code != 500
     if case.outcome is Outcome.ACCEPT:
         # Tenant tokens with `infer` run tenant acme's digits model; platform tokens may not infer.
@@ -323,7 +333,10 @@ def test_crafted_token_on_grpc_model_infer(case: TokenCase, ctx, server) -> None
     with grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         outcomes = []
-        for call, message in ((stub.ModelInfer, request), (stub.ModelMetadata, inference_pb2.ModelMetadataRequest(name="digits"))):
+        for call, message in (
+            (stub.ModelInfer, request),
+            (stub.ModelMetadata, inference_pb2.ModelMetadataRequest(name="digits")),
+        ):
             try:
                 call(message, metadata=[("authorization", value)], timeout=10)
                 outcomes.append(("OK", ""))
@@ -335,3 +348,45 @@ def test_crafted_token_on_grpc_model_infer(case: TokenCase, ctx, server) -> None
             assert code in ("OK", "PERMISSION_DENIED"), (case.name, code, details)
         else:
             assert code == "UNAUTHENTICATED", (case.name, code, details)
+
+
+def test_signing_key_rotation_through_the_cli(tmp_path) -> None:
+    """A rotation by the CLI reaches the running server: old tokens keep working, JWKS moves on."""
+    import time
+
+    env = server_env(tmp_path)
+    cli("init", env=env)
+    created = json.loads(
+        cli("clients", "create", "--role", "platform-admin", "--json", env=env).stdout
+    )
+    running = start_server(env, tmp_path / "server.log")
+    try:
+        before = httpx.get(f"{running.url}/.well-known/jwks.json").json()["keys"]
+        old_token = _token(running, created["client_id"], created["client_secret"]).json()[
+            "access_token"
+        ]
+        old_kid = json.loads(base64.urlsafe_b64decode(old_token.split(".")[0] + "=="))["kid"]
+        rotated = json.loads(cli("keys", "rotate-signing", "--json", env=env).stdout)
+        states = {k["kid"]: k["state"] for k in rotated}
+        assert states[old_kid] == "previous"
+        new_primary = next(kid for kid, state in states.items() if state == "primary")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            keys = httpx.get(f"{running.url}/.well-known/jwks.json").json()["keys"]
+            if {k["kid"] for k in keys} == set(states):
+                break
+            time.sleep(0.5)
+        assert {k["kid"] for k in keys} == set(states)  # next, primary and previous published
+        assert {k["kid"] for k in before} < {k["kid"] for k in keys} | {old_kid}
+        # The token signed before the rotation still works; new ones use the new primary.
+        headers = {"Authorization": f"Bearer {old_token}"}
+        assert httpx.get(running.url + ADMIN_ROUTE, headers=headers).status_code == 200
+        new_token = _token(running, created["client_id"], created["client_secret"]).json()[
+            "access_token"
+        ]
+        assert (
+            json.loads(base64.urlsafe_b64decode(new_token.split(".")[0] + "=="))["kid"]
+            == new_primary
+        )
+    finally:
+        running.stop()
