@@ -120,7 +120,7 @@ def _attempt(
         outputs = TFLiteRunner(content).predict(check.inputs)
     except UnsupportedFormat as exc:
         return _Rejection(f"{name}: {exc.message}", exc.detail or "")
-    agreed = agreement(check.reference, outputs, check.kind)
+    agreed = agreement(check.reference, outputs, kind=check.kind)
     if agreed < MIN_AGREEMENT[mode]:
         return _Rejection(
             f"{name}: the converted model agrees with the original on only {agreed:.1%} "

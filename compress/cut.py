@@ -80,7 +80,7 @@ def chain_layers(model: KerasModel) -> list[Any] | None:
     return list(model.layers)
 
 
-def _rebuild(model: KerasModel, layers: list[Any], drop: set[int]) -> KerasModel:
+def _rebuild(model: KerasModel, layers: list[Any], *, drop: set[int]) -> KerasModel:
     """A new chain model from fresh copies of ``layers`` minus ``drop``, weights copied."""
     keras = _tf.keras()
     spec = model.inputs[0]
@@ -97,7 +97,7 @@ def _rebuild(model: KerasModel, layers: list[Any], drop: set[int]) -> KerasModel
 
 def _quality(model: KerasModel, *, x: Array, y: Array, kind: OutputKind) -> float:
     """Higher is better: accuracy, or minus the MSE."""
-    result = score(keras_predictor(model)(x), y, kind)
+    result = score(keras_predictor(model)(x), y, kind=kind)
     if kind.task is Task.CLASSIFICATION:
         return result.accuracy or 0.0
     return -(result.mse or 0.0)
@@ -130,14 +130,14 @@ def cut(
     rounds: list[JsonValue] = []
     for _ in range(min(options.max_layers, len(candidates))):
         scored = [
-            (_quality(_rebuild(model, layers, dropped | {index}), x=x, y=y, kind=kind), index)
+            (_quality(_rebuild(model, layers, drop=dropped | {index}), x=x, y=y, kind=kind), index)
             for index in candidates
             if index not in dropped
         ]
         best_quality, best = max(scored)
         dropped.add(best)
         rounds.append({"layer": layers[best].name, f"{metric}_before_fine_tune": abs(best_quality)})
-    result = _rebuild(model, layers, dropped)
+    result = _rebuild(model, layers, drop=dropped)
     epochs = fine_tune(
         result,
         training=training,

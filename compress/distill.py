@@ -144,16 +144,14 @@ def _packed_targets(
     return np.concatenate([hard, soft], axis=1)
 
 
-def _student_kind(student: KerasModel, x: npt.NDArray[Any], task: Task) -> OutputKind:
+def _student_kind(student: KerasModel, x: npt.NDArray[Any], *, task: Task) -> OutputKind:
     return infer_output_kind(requested=task, outputs=keras_predictor(student)(x[:32]), labels=None)
 
 
 def _metric(
-    outputs: npt.NDArray[np.float32], evaluation: Dataset | None, kind: OutputKind
+    outputs: npt.NDArray[np.float32], labels: npt.NDArray[Any], *, kind: OutputKind
 ) -> float | None:
-    if evaluation is None or evaluation.y is None:
-        return None
-    result = score(outputs, evaluation.y, kind)
+    result = score(outputs, labels, kind=kind)
     return result.accuracy if kind.task is Task.CLASSIFICATION else result.mse
 
 
@@ -183,7 +181,7 @@ def distill(
     distilled = keras.models.clone_model(student)
     baseline = keras.models.clone_model(student)
     baseline.set_weights(distilled.get_weights())
-    student_kind = _student_kind(distilled, training.x, kind.task)
+    student_kind = _student_kind(distilled, training.x, task=kind.task)
     if keras_predictor(distilled)(training.x[:1]).shape[1:] != teacher_outputs.shape[1:]:
         raise InvalidOptions("the student's outputs do not have the teacher's shape")
     width = teacher_outputs.shape[-1]
@@ -214,11 +212,8 @@ def distill(
             learning_rate=options.learning_rate,
         )
         metric = "accuracy" if kind.task is Task.CLASSIFICATION else "mse"
-        outcome[f"teacher_{metric}"] = _metric(teacher(evaluation.x), evaluation, kind)
-        outcome[f"distilled_{metric}"] = _metric(
-            keras_predictor(distilled)(evaluation.x), evaluation, kind
-        )
-        outcome[f"hard_label_{metric}"] = _metric(
-            keras_predictor(baseline)(evaluation.x), evaluation, kind
-        )
+        x, y = evaluation.x, evaluation.y
+        outcome[f"teacher_{metric}"] = _metric(teacher(x), y, kind=kind)
+        outcome[f"distilled_{metric}"] = _metric(keras_predictor(distilled)(x), y, kind=kind)
+        outcome[f"hard_label_{metric}"] = _metric(keras_predictor(baseline)(x), y, kind=kind)
     return distilled, outcome

@@ -98,7 +98,7 @@ def predicted_classes(outputs: FloatArray, kind: OutputKind) -> npt.NDArray[np.i
     return np.asarray(np.argmax(outputs.reshape(len(outputs), -1), axis=1), dtype=np.int64)
 
 
-def score(outputs: FloatArray, targets: npt.NDArray[Any], kind: OutputKind) -> Score:
+def score(outputs: FloatArray, targets: npt.NDArray[Any], *, kind: OutputKind) -> Score:
     """Accuracy (classification) or MSE (regression) of ``outputs`` against ``targets``."""
     if kind.task is Task.CLASSIFICATION:
         labels = class_labels(targets)
@@ -110,7 +110,7 @@ def score(outputs: FloatArray, targets: npt.NDArray[Any], kind: OutputKind) -> S
     return Score(mse=float(np.mean((flat_outputs - flat_targets) ** 2)))
 
 
-def agreement(reference: FloatArray, candidate: FloatArray, kind: OutputKind) -> float:
+def agreement(reference: FloatArray, candidate: FloatArray, *, kind: OutputKind) -> float:
     """Share of samples on which ``candidate`` gives the answer ``reference`` gives.
 
     Classification: the same predicted class. Regression: every output within

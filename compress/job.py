@@ -52,7 +52,7 @@ def _first(datasets: list[Dataset | None]) -> Dataset | None:
     return next((dataset for dataset in datasets if dataset is not None), None)
 
 
-def _check_inputs(source: Source, data: Dataset | None, seed: int) -> npt.NDArray[Any]:
+def _check_inputs(source: Source, data: Dataset | None, *, seed: int) -> npt.NDArray[Any]:
     """Inputs to verify conversions on: the first rows of the data, or seeded random ones."""
     if data is not None:
         return data.x[:_CHECK_SAMPLES]
@@ -65,7 +65,7 @@ def _check_inputs(source: Source, data: Dataset | None, seed: int) -> npt.NDArra
 
 
 def _verdict(
-    options: CompressOptions, before: ModelFigures, after: ModelFigures
+    options: CompressOptions, *, before: ModelFigures, after: ModelFigures
 ) -> tuple[float | None, float | None, list[str]]:
     """Accuracy drop (points), relative MSE increase, and why the result misses its bounds."""
     reasons = []
@@ -103,7 +103,7 @@ class Job:
         self.training = data.get("training")
         self.progress = progress
         sample = _first([self.evaluation, self.calibration, self.training])
-        self.check_x = _check_inputs(source, sample, options.seed)
+        self.check_x = _check_inputs(source, sample, seed=options.seed)
         labelled = _first([self.evaluation, self.training])
         self.kind = infer_output_kind(
             requested=options.task,
@@ -166,7 +166,7 @@ class Job:
         )
         self.conversions.append(record)
 
-    def _step(self, name: str, settings: BaseModel, outcome: dict[str, JsonValue]) -> None:
+    def _step(self, name: str, *, settings: BaseModel, outcome: dict[str, JsonValue]) -> None:
         self.steps.append(
             StepRecord(name=name, settings=settings.model_dump(mode="json"), outcome=outcome)
         )
@@ -216,7 +216,7 @@ class Job:
                 evaluation=self.evaluation,
                 settings=self.fit,
             )
-            self._step("distill", options.distill, outcome)
+            self._step("distill", settings=options.distill, outcome=outcome)
         if options.cut is not None:
             self.progress("cutting", 0.4)
             model, outcome = cut(
@@ -226,14 +226,15 @@ class Job:
                 training=self.training,
                 settings=self.fit,
             )
-            self._step("cut", options.cut, outcome)
+            self._step("cut", settings=options.cut, outcome=outcome)
         if options.prune is not None:
             self.progress("pruning", 0.5)
             outcome = prune(model, options=options.prune, training=self.training, settings=self.fit)
-            self._step("prune", options.prune, outcome)
+            self._step("prune", settings=options.prune, outcome=outcome)
         if options.clip is not None:
             self.progress("clipping", 0.6)
-            self._step("clip", options.clip, clip(model, options=options.clip))
+            outcome = clip(model, options=options.clip)
+            self._step("clip", settings=options.clip, outcome=outcome)
         return model
 
     def result(self, model: KerasModel | None, original: bytes) -> bytes:
@@ -264,7 +265,9 @@ class Job:
             )
         return conversion.content
 
-    def report(self, original: bytes, result: bytes, model: KerasModel | None) -> CompressionReport:
+    def report(
+        self, original: bytes, *, result: bytes, model: KerasModel | None
+    ) -> CompressionReport:
         """Measure original and result on the evaluation data and judge them against the bounds."""
         self.progress("evaluating", 0.8)
         source = self.source
@@ -286,8 +289,8 @@ class Job:
         )
         agreed = None
         if before.outputs is not None and after.outputs is not None:
-            agreed = agreement(before.outputs, after.outputs, self.kind)
-        drop, increase, reasons = _verdict(self.options, before.figures, after.figures)
+            agreed = agreement(before.outputs, after.outputs, kind=self.kind)
+        drop, increase, reasons = _verdict(self.options, before=before.figures, after=after.figures)
         return CompressionReport(
             source_kind=source.kind.value,
             task=self.kind.task.value,

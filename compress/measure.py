@@ -56,7 +56,7 @@ def measure(
     if evaluation is not None:
         outputs = runner.predict(evaluation.x)
         if evaluation.y is not None:
-            result = score(outputs, evaluation.y, kind)
+            result = score(outputs, evaluation.y, kind=kind)
             accuracy, mse = result.accuracy, result.mse
     total, zeros = parameters
     figures = ModelFigures(

@@ -125,7 +125,7 @@ def compress_model(
             load=lambda path: load_keras(path, workdir=workdir / "student", limits=limits),
         )
         result = job.result(model, original)
-        evaluation_report = job.report(original, result, model)
+        evaluation_report = job.report(original, result=result, model=model)
         signature = extract_signature(result)
         report("done", 1.0)
         return CompressionResult(tflite=result, report=evaluation_report, signature=signature)

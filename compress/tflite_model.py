@@ -60,7 +60,7 @@ def _op_names(schema: Any) -> dict[int, str]:
     return {code: name for name, code in table.items() if isinstance(code, int)}
 
 
-def _buffer_bytes(model: Any, content: bytes, index: int) -> bytes:
+def _buffer_bytes(model: Any, content: bytes, *, index: int) -> bytes:
     buffer = model.Buffers(index)
     if buffer is None:
         return b""
@@ -95,7 +95,7 @@ def read_tflite(content: bytes) -> TFLiteFacts:
             for tensor_index in range(graph.TensorsLength()):
                 tensor = graph.Tensors(tensor_index)
                 dtype = _WEIGHT_TYPES.get(tensor.Type())
-                data = _buffer_bytes(model, content, tensor.Buffer()) if dtype else b""
+                data = _buffer_bytes(model, content, index=tensor.Buffer()) if dtype else b""
                 if dtype is None or not data:
                     continue
                 values = np.frombuffer(data, dtype=dtype)

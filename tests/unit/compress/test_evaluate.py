@@ -72,13 +72,13 @@ def test_one_hot_labels_become_indices():
 def test_accuracy_counts_matching_classes():
     """Accuracy is the share of rows whose argmax is the label."""
     kind = OutputKind(Task.CLASSIFICATION, probabilities=True)
-    assert score(PROBABILITIES, np.array([0, 1]), kind).accuracy == 0.5
+    assert score(PROBABILITIES, np.array([0, 1]), kind=kind).accuracy == 0.5
 
 
 def test_mse_of_regression_outputs():
     """MSE is the mean squared difference to the targets."""
     result = score(
-        np.array([[1.0], [3.0]], np.float32), np.array([0.0, 1.0]), OutputKind(Task.REGRESSION)
+        np.array([[1.0], [3.0]], np.float32), np.array([0.0, 1.0]), kind=OutputKind(Task.REGRESSION)
     )
     assert result.mse == pytest.approx(2.5)
     assert result.accuracy is None
@@ -87,14 +87,14 @@ def test_mse_of_regression_outputs():
 def test_regression_targets_of_the_wrong_shape_are_refused():
     """Targets that cannot line up with the outputs are a data error."""
     with pytest.raises(InvalidData, match="shape"):
-        score(np.ones((2, 3), np.float32), np.ones((2, 2)), OutputKind(Task.REGRESSION))
+        score(np.ones((2, 3), np.float32), np.ones((2, 2)), kind=OutputKind(Task.REGRESSION))
 
 
 def test_agreement_compares_predicted_classes():
     """Classification agreement is the share of rows with the same predicted class."""
     kind = OutputKind(Task.CLASSIFICATION)
     other = np.array([[0.7, 0.2, 0.1], [0.8, 0.1, 0.1]], np.float32)
-    assert agreement(PROBABILITIES, other, kind) == 0.5
+    assert agreement(PROBABILITIES, other, kind=kind) == 0.5
 
 
 def test_regression_agreement_is_closeness_relative_to_spread():
@@ -103,5 +103,5 @@ def test_regression_agreement_is_closeness_relative_to_spread():
     close = reference + 0.5
     far = reference + np.array([[0.5], [0.5], [5.0]], np.float32)
     kind = OutputKind(Task.REGRESSION)
-    assert agreement(reference, close, kind) == 1.0
-    assert agreement(reference, far, kind) == pytest.approx(2 / 3)
+    assert agreement(reference, close, kind=kind) == 1.0
+    assert agreement(reference, far, kind=kind) == pytest.approx(2 / 3)

@@ -22,7 +22,9 @@ def _figures(accuracy=None, mse=None):
 def test_accuracy_drop_is_in_points_and_judged_against_the_bound():
     """98% to 96.5% is a 1.5-point drop; with a 1-point bound it fails, saying both."""
     drop, increase, reasons = _verdict(
-        CompressOptions(max_accuracy_drop=1.0), _figures(accuracy=0.98), _figures(accuracy=0.965)
+        CompressOptions(max_accuracy_drop=1.0),
+        before=_figures(accuracy=0.98),
+        after=_figures(accuracy=0.965),
     )
     assert drop == pytest.approx(1.5)
     assert increase is None
@@ -32,7 +34,7 @@ def test_accuracy_drop_is_in_points_and_judged_against_the_bound():
 def test_mse_increase_is_relative_and_judged_against_its_bound():
     """MSE from 0.10 to 0.12 is +20%; a 10% bound fails."""
     drop, increase, reasons = _verdict(
-        CompressOptions(max_mse_increase=0.1), _figures(mse=0.10), _figures(mse=0.12)
+        CompressOptions(max_mse_increase=0.1), before=_figures(mse=0.10), after=_figures(mse=0.12)
     )
     assert drop is None
     assert increase == pytest.approx(0.2)
@@ -41,7 +43,9 @@ def test_mse_increase_is_relative_and_judged_against_its_bound():
 
 def test_no_bound_means_no_failure():
     """Without bounds the figures are reported and nothing fails."""
-    _, _, reasons = _verdict(CompressOptions(), _figures(accuracy=0.9), _figures(accuracy=0.1))
+    _, _, reasons = _verdict(
+        CompressOptions(), before=_figures(accuracy=0.9), after=_figures(accuracy=0.1)
+    )
     assert reasons == []
 
 
