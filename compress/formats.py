@@ -40,7 +40,7 @@ _SUFFIXES: tuple[tuple[str, ModelKind], ...] = (
 _REFUSED: tuple[tuple[tuple[str, ...], str], ...] = (
     ((".h5", ".hdf5"), "legacy HDF5 Keras files are not accepted; save with model.save('m.keras')"),
     (
-        (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".npy"),
+        (".pkl", ".pickle", ".joblib", ".pt", ".pth"),
         "pickled files are not accepted: loading them runs code",
     ),
     ((".pb", ".pbtxt"), "pack the whole SavedModel directory as .zip or .tar.gz"),
