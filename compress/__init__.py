@@ -46,6 +46,7 @@ from compress.report import (
     StepRecord,
 )
 from compress.signature import extract_signature
+from compress.tflite_model import TFLiteFacts, read_tflite
 
 __all__ = [
     "STUDENT_ARCHITECTURES",
@@ -68,6 +69,7 @@ __all__ = [
     "Quantization",
     "RuntimeUnavailable",
     "StepRecord",
+    "TFLiteFacts",
     "Task",
     "UnsafeArchive",
     "UnsafeModel",
@@ -77,4 +79,5 @@ __all__ = [
     "extract_signature",
     "kind_from_filename",
     "parse_options",
+    "read_tflite",
 ]
