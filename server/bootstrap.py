@@ -15,6 +15,7 @@ from auth import KeyAlgorithm, TokenIssuer, TokenVerifier, new_pepper, trusted_i
 from server import schema
 from server.errors import StartupError
 from server.service.access import AccessControl, DenyList, SigningKeys
+from server.service.audit import AuditRecorder, AuditReviewService
 from server.service.models import ModelAdminService
 from server.service.resolver import ModelResolver
 from server.service.tenants import TenantAdminService
@@ -100,6 +101,8 @@ class Services:
     tenants: TenantAdminService
     resolver: ModelResolver
     models: ModelAdminService
+    recorder: AuditRecorder
+    audit: AuditReviewService
 
 
 PEPPER_NAME = "client-secret-pepper"
@@ -110,7 +113,9 @@ def build_services(container: Container) -> Services:
     """Wire the services on a migrated database (creates first signing keys and pepper)."""
     settings = container.settings
     identities = IdentityStore(
-        session_factory=container.sessions, master_keys=container.master_keys
+        session_factory=container.sessions,
+        master_keys=container.master_keys,
+        audit=container.registry.audit,
     )
     pepper = identities.server_secret(PEPPER_NAME, create=new_pepper)
     signing_keys = SigningKeys(
@@ -146,6 +151,8 @@ def build_services(container: Container) -> Services:
     models = ModelAdminService(
         registry=container.registry, resolver=resolver, max_model_bytes=settings.max_model_bytes
     )
+    recorder = AuditRecorder(container.registry.audit)
+    access.recorder = recorder
     return Services(
         identities=identities,
         signing_keys=signing_keys,
@@ -153,6 +160,8 @@ def build_services(container: Container) -> Services:
         tenants=tenants,
         resolver=resolver,
         models=models,
+        recorder=recorder,
+        audit=AuditReviewService(container.registry.audit),
     )
 
 

@@ -23,6 +23,7 @@ from rich.table import Table
 from auth import AuthError
 from server import schema
 from server.bootstrap import Container, Services, build_container, build_services, ensure_schema
+from server.cli_audit import app as audit_app
 from server.cli_models import app as models_app
 from server.demo.setup import DemoClient, ensure_demo, how_to_call
 from server.errors import StartupError
@@ -46,6 +47,7 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(clients_app, name="clients")
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+app.add_typer(audit_app, name="audit")
 
 console = Console()
 err = Console(stderr=True)

@@ -26,6 +26,7 @@ OPERATIONS: dict[str, Scope | None] = {
     "models.read": Scope.MODELS_READ,
     "models.write": Scope.MODELS_WRITE,
     "infer": Scope.INFER,
+    "audit.read": Scope.AUDIT_READ,
 }
 
 REST_ROUTES: dict[tuple[str, str], str] = {
@@ -47,6 +48,7 @@ REST_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/admin/v1/tenants/{tenant}/clients"): "tenants.manage",
     ("GET", "/admin/v1/tenants/{tenant}/clients"): "tenants.manage",
     ("DELETE", "/admin/v1/tenants/{tenant}/clients/{client_id}"): "tenants.manage",
+    ("GET", "/admin/v1/audit"): "audit.read",
     # Open Inference Protocol v2
     ("GET", "/v2"): "server.metadata",
     ("GET", "/v2/models/{model}"): "models.read",

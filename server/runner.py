@@ -95,6 +95,7 @@ class Gateway:
     async def serve(self) -> None:
         """Serve until ``stop()`` is called or a signal arrives."""
         self.services.access.deny.start()
+        self.services.recorder.start()
         await self.pool.start()
         await self.grpc.start()
         key_reload = asyncio.create_task(self._reload_signing_keys())
@@ -116,6 +117,7 @@ class Gateway:
         grace = self.container.settings.shutdown_grace_seconds
         await asyncio.gather(http_task, self.grpc.stop(grace))
         await self.pool.stop(grace)
+        await self.services.recorder.stop()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
         self.services.access.deny.stop()
         log.info("stopped")
@@ -127,7 +129,7 @@ class Gateway:
             await asyncio.sleep(SIGNING_KEY_RELOAD_SECONDS)
             try:
                 await run_in_threadpool(self.services.signing_keys.load)
-            except Exception:  # noqa: BLE001 - keep serving with the keys we have
+            except Exception:
                 log.warning("signing key reload failed", exc_info=True)
 
     def stop(self) -> None:

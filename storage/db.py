@@ -43,6 +43,16 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def _sqlite_begin(connection: Any) -> None:
+    # pysqlite's own implicit BEGIN is off (see _sqlite_pragmas); we begin
+    # explicitly so a writing unit of work can take the write lock up front.
+    # A deferred transaction that reads and then writes fails at once with
+    # SQLITE_BUSY when another process committed in between (WAL snapshot);
+    # BEGIN IMMEDIATE waits for the lock instead (busy_timeout).
+    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers (workers, health checks) run beside the one writer;
     # synchronous=FULL makes a committed model survive power loss; foreign
@@ -53,6 +63,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+    dbapi_connection.isolation_level = None  # transactions begin in _sqlite_begin
 
 
 def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
@@ -81,6 +92,7 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
             ),
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(
         url,
@@ -98,9 +110,16 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """Open a session for one use case: commit on success, roll back on error."""
+def unit_of_work(factory: sessionmaker[Session], *, write: bool = False) -> Iterator[Session]:
+    """Open a session for one use case: commit on success, roll back on error.
+
+    ``write`` marks a use case that writes: on SQLite it takes the write lock
+    when it begins, so concurrent writers from several processes queue
+    instead of failing (PostgreSQL ignores the option: row locks do this).
+    """
     session = factory()
+    if write:
+        session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
     try:
         yield session
         session.commit()

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from storage.audit import Actor, AuditEvent, AuditLog
 from storage.crypto.envelope import associated_data, unwrap_key_bytes, wrap_key
 from storage.db import unit_of_work
 from storage.errors import Conflict, NotFound
-from storage.models import Client, RevokedToken, ServerSecret, SigningKey, Tenant
+from storage.models import Client, RevokedToken, SigningKey, Tenant
+from storage.secrets import server_secret
 from storage.types import utcnow
 
 if TYPE_CHECKING:
@@ -83,18 +85,50 @@ class IdentityStore:
     """Reads and writes identity rows, wrapping secrets with the master key."""
 
     def __init__(
-        self, *, session_factory: sessionmaker[Session], master_keys: MasterKeyRing
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        master_keys: MasterKeyRing,
+        audit: AuditLog | None = None,
     ) -> None:
         self._sessions = session_factory
         self._master_keys = master_keys
+        self.audit = audit or AuditLog(session_factory=session_factory, master_keys=master_keys)
+
+    def _record(  # noqa: PLR0917 - private; every call site passes the same five in order
+        self,
+        session: Session,
+        actor: Actor | None,
+        action: str,
+        resource: str,
+        tenant_id: str | None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.audit.append(
+            session,
+            AuditEvent(
+                action=action,
+                resource=resource,
+                tenant_id=tenant_id,
+                actor=actor or Actor(subject="operator"),
+                details=details or {},
+            ),
+        )
 
     # --- clients ----------------------------------------------------------------
     def add_client(
-        self, *, client_id: str, tenant_id: str | None, role: str, name: str, secret_hash: str
+        self,
+        *,
+        client_id: str,
+        tenant_id: str | None,
+        role: str,
+        name: str,
+        secret_hash: str,
+        actor: Actor | None = None,
     ) -> ClientRecord:
         """Store a new client; its tenant must exist."""
         try:
-            with unit_of_work(self._sessions) as session:
+            with unit_of_work(self._sessions, write=True) as session:
                 if tenant_id is not None and session.get(Tenant, tenant_id) is None:
                     raise NotFound("tenant not found")
                 row = Client(
@@ -106,6 +140,14 @@ class IdentityStore:
                 )
                 session.add(row)
                 session.flush()
+                self._record(
+                    session,
+                    actor,
+                    "client.create",
+                    f"client:{client_id}",
+                    tenant_id,
+                    {"role": role},
+                )
                 return _client(row)
         except IntegrityError:
             raise Conflict("client id already exists") from None
@@ -124,9 +166,11 @@ class IdentityStore:
             )
             return [_client(row) for row in rows]
 
-    def revoke_client(self, tenant_id: str | None, client_id: str) -> ClientRecord:
+    def revoke_client(
+        self, tenant_id: str | None, client_id: str, *, actor: Actor | None = None
+    ) -> ClientRecord:
         """Mark a client revoked; it can no longer obtain tokens."""
-        with unit_of_work(self._sessions) as session:
+        with unit_of_work(self._sessions, write=True) as session:
             row = session.scalar(
                 select(Client).where(Client.client_id == client_id, _tenant_is(tenant_id))
             )
@@ -134,14 +178,24 @@ class IdentityStore:
                 raise NotFound(CLIENT_NOT_FOUND.format(client_id=client_id))
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
+            self._record(session, actor, "client.revoke", f"client:{client_id}", tenant_id)
             return _client(row)
 
     # --- the token deny-list and tenant suspension -------------------------------
-    def revoke_token(self, jti: str, *, expires_at: datetime) -> None:
+    def revoke_token(
+        self,
+        jti: str,
+        *,
+        expires_at: datetime,
+        tenant_id: str | None = None,
+        actor: Actor | None = None,
+    ) -> None:
         """Put a token id on the deny-list until it expires (idempotent)."""
-        with unit_of_work(self._sessions) as session:
+        with unit_of_work(self._sessions, write=True) as session:
             if session.get(RevokedToken, jti) is None:
                 session.add(RevokedToken(jti=jti, expires_at=expires_at))
+            # The token id identifies the token without being it: safe to record.
+            self._record(session, actor, "token.revoke", f"token:{jti}", tenant_id)
 
     def denied(self, *, now: datetime) -> DenySnapshot:
         """What must be refused now; prunes token ids whose tokens have expired anyway."""
@@ -168,9 +222,20 @@ class IdentityStore:
             )
             return [self._signing_key(row) for row in rows]
 
-    def save_signing_keys(self, keys: Iterable[SigningKeyRecord]) -> None:
+    def save_signing_keys(
+        self, keys: Iterable[SigningKeyRecord], *, actor: Actor | None = None
+    ) -> None:
         """Insert new keys and move existing ones to their new states, in one transaction."""
-        with unit_of_work(self._sessions) as session:
+        keys = list(keys)
+        with unit_of_work(self._sessions, write=True) as session:
+            self._record(
+                session,
+                actor,
+                "keys.rotate-signing",
+                "signing-keys",
+                None,
+                {k.kid: k.state for k in keys},
+            )
             for key in keys:
                 row = session.get(SigningKey, key.kid)
                 if row is None:
@@ -225,30 +290,8 @@ class IdentityStore:
     # --- server secrets --------------------------------------------------------------
     def server_secret(self, name: str, *, create: Callable[[], bytes]) -> bytes:
         """The named secret, created (by ``create``) and stored wrapped on first use."""
-        with unit_of_work(self._sessions) as session:
-            row = session.get(ServerSecret, name)
-            if row is None:
-                master = self._master_keys.primary
-                value = create()
-                session.add(
-                    ServerSecret(
-                        name=name,
-                        master_key_id=master.key_id,
-                        wrapped_value=wrap_key(
-                            master.key,
-                            value,
-                            aad=associated_data("server-secret", name, master.key_id),
-                        ),
-                    )
-                )
-                return value
-            master = self._master_keys.get(row.master_key_id)
-            return unwrap_key_bytes(
-                master.key,
-                row.wrapped_value,
-                aad=associated_data("server-secret", name, row.master_key_id),
-                what=name,
-            )
+        with unit_of_work(self._sessions, write=True) as session:
+            return server_secret(session, self._master_keys, name, create=create)
 
 
 def _tenant_is(tenant_id: str | None) -> Any:

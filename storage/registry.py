@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING, Any
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from storage.audit import Actor, AuditEvent, AuditLog
 from storage.crypto.envelope import open_segments, seal_segments
 from storage.db import unit_of_work
 from storage.errors import Conflict, InvalidInput, NotFound
@@ -121,6 +122,7 @@ class Registry:
         master_keys: MasterKeyRing,
         segment_size: int = SEGMENT_SIZE,
         compression: str = "zstd",
+        audit: AuditLog | None = None,
     ) -> None:
         if compression not in COMPRESSIONS:
             msg = f"unknown compression {compression!r}"
@@ -129,17 +131,19 @@ class Registry:
         self._keys = KeyHierarchy(master_keys)
         self._segment_size = segment_size
         self._compression = compression
+        self.audit = audit or AuditLog(session_factory=session_factory, master_keys=master_keys)
 
     # --- tenants ----------------------------------------------------------
-    def create_tenant(self, name: str) -> TenantInfo:
+    def create_tenant(self, name: str, *, actor: Actor | None = None) -> TenantInfo:
         """Create a tenant with its first key (version 1)."""
         _check(TENANT_NAME, name, "tenant name")
         try:
-            with unit_of_work(self._sessions) as session:
+            with unit_of_work(self._sessions, write=True) as session:
                 tenant = Tenant(name=name)
                 session.add(tenant)
                 session.flush()
                 session.add(self._keys.new_tenant_key(tenant_id=tenant.id, version=1))
+                self._record(session, actor, "tenant.create", f"tenant:{name}", tenant.id)
                 return _tenant_info(tenant)
         except IntegrityError:
             msg = f"tenant '{name}' already exists"
@@ -164,26 +168,36 @@ class Registry:
             rows = session.scalars(select(Tenant).order_by(Tenant.name))
             return [_tenant_info(row) for row in rows]
 
-    def set_tenant_state(self, name: str, state: str) -> TenantInfo:
+    def set_tenant_state(self, name: str, state: str, *, actor: Actor | None = None) -> TenantInfo:
         """Suspend (``suspended``) or reinstate (``active``) a tenant."""
         if state not in ("active", "suspended"):
             msg = f"invalid tenant state {state!r}"
             raise InvalidInput(msg)
-        with unit_of_work(self._sessions) as session:
+        with unit_of_work(self._sessions, write=True) as session:
             row = self._tenant_by_name(session, name)
             row.state = state
+            action = "tenant.suspend" if state == "suspended" else "tenant.resume"
+            self._record(session, actor, action, f"tenant:{name}", row.id)
             return _tenant_info(row)
 
-    def delete_tenant(self, name: str) -> None:
+    def delete_tenant(self, name: str, *, actor: Actor | None = None) -> None:
         """Delete a tenant: its keys first, then every row it owns.
 
         Destroying the tenant keys is what makes copies of its sealed rows
         unreadable (crypto-shredding); the cascade removes the rest.
         """
-        with unit_of_work(self._sessions) as session:
+        with unit_of_work(self._sessions, write=True) as session:
             row = self._tenant_by_name(session, name)
             session.execute(delete(TenantKey).where(TenantKey.tenant_id == row.id))
             session.execute(delete(Tenant).where(Tenant.id == row.id))
+            self._record(
+                session,
+                actor,
+                "tenant.delete",
+                f"tenant:{name}",
+                row.id,
+                details={"keys": "destroyed"},
+            )
 
     @staticmethod
     def _tenant_by_name(session: Session, name: str) -> Tenant:
@@ -204,6 +218,7 @@ class Registry:
         report: dict[str, Any] | None = None,
         state: str = "ready",
         max_bytes: int | None = None,
+        actor: Actor | None = None,
     ) -> ModelVersionInfo:
         """Seal the bytes read from ``source`` as the next version of ``model_name``.
 
@@ -213,7 +228,7 @@ class Registry:
         """
         _check(MODEL_NAME, model_name, "model name")
         try:
-            with unit_of_work(self._sessions) as session:
+            with unit_of_work(self._sessions, write=True) as session:
                 repo = TenantRepository(session, tenant_id)
                 model = repo.find_model(model_name) or repo.add_model(model_name)
                 version = ModelVersion(
@@ -236,6 +251,19 @@ class Registry:
                 key, key_row = self._keys.new_data_key(repo, version)
                 session.add(key_row)
                 self._write_segments(session, version, key, HashingReader(source, limit=max_bytes))
+                self._record(
+                    session,
+                    actor,
+                    "model.upload",
+                    f"model:{model_name}@{version.version}",
+                    tenant_id,
+                    details={
+                        "format": format,
+                        "size": version.size_plain,
+                        "sha256": version.sha256,
+                        "state": state,
+                    },
+                )
                 return _version_info(version, model, {})
         except IntegrityError:
             msg = f"model '{model_name}' changed during the upload; try again"
@@ -316,35 +344,79 @@ class Registry:
             raise NotFound(VERSION_NOT_FOUND.format(name=model.name, ref=ref))
         return repo.get_version(model, label.version)
 
-    def set_label(self, tenant_id: str, model_name: str, label: str, version: int) -> None:
+    def set_label(
+        self,
+        tenant_id: str,
+        model_name: str,
+        label: str,
+        version: int,
+        *,
+        actor: Actor | None = None,
+    ) -> None:
         """Point ``label`` at an existing version of the model."""
         _check(LABEL_NAME, label, "label")
-        with unit_of_work(self._sessions) as session:
+        with unit_of_work(self._sessions, write=True) as session:
             repo = TenantRepository(session, tenant_id)
             model = repo.get_model(model_name)
             repo.get_version(model, version)
             repo.set_label(model, label, version)
+            self._record(
+                session,
+                actor,
+                "model.label",
+                f"model:{model_name}:{label}",
+                tenant_id,
+                details={"version": version},
+            )
 
-    def delete_label(self, tenant_id: str, model_name: str, label: str) -> None:
+    def delete_label(
+        self, tenant_id: str, model_name: str, label: str, *, actor: Actor | None = None
+    ) -> None:
         """Remove a label from a model."""
-        with unit_of_work(self._sessions) as session:
+        with unit_of_work(self._sessions, write=True) as session:
             repo = TenantRepository(session, tenant_id)
             repo.delete_label(repo.get_model(model_name), label)
+            self._record(session, actor, "model.unlabel", f"model:{model_name}:{label}", tenant_id)
 
-    def delete_version(self, tenant_id: str, model_name: str, version: int) -> None:
+    def delete_version(
+        self, tenant_id: str, model_name: str, version: int, *, actor: Actor | None = None
+    ) -> None:
         """Delete one version (its key, segments and labels); the last one takes the model."""
-        with unit_of_work(self._sessions) as session:
+        with unit_of_work(self._sessions, write=True) as session:
             repo = TenantRepository(session, tenant_id)
             model = repo.get_model(model_name)
             repo.delete_version(repo.get_version(model, version))
             if not repo.list_versions(model):
                 repo.delete_model(model)
+            self._record(session, actor, "model.delete", f"model:{model_name}@{version}", tenant_id)
 
-    def delete_model(self, tenant_id: str, model_name: str) -> None:
+    def delete_model(self, tenant_id: str, model_name: str, *, actor: Actor | None = None) -> None:
         """Delete a model with every version."""
-        with unit_of_work(self._sessions) as session:
+        with unit_of_work(self._sessions, write=True) as session:
             repo = TenantRepository(session, tenant_id)
             repo.delete_model(repo.get_model(model_name))
+            self._record(session, actor, "model.delete", f"model:{model_name}", tenant_id)
+
+    def _record(
+        self,
+        session: Session,
+        actor: Actor | None,
+        action: str,
+        resource: str,
+        tenant_id: str | None,
+        *,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.audit.append(
+            session,
+            AuditEvent(
+                action=action,
+                resource=resource,
+                tenant_id=tenant_id,
+                actor=actor or Actor(subject="operator"),
+                details=details or {},
+            ),
+        )
 
     # --- unsealing ----------------------------------------------------------
     def open_version(self, tenant_id: str, version_id: str) -> bytes:

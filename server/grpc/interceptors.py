@@ -7,6 +7,8 @@ is handed to servicers through a context variable set for that call only.
 
 from __future__ import annotations
 
+import re
+import uuid
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from server.service.access import AccessControl
 
 log = structlog.get_logger(__name__)
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _principal: ContextVar[Principal | None] = ContextVar("grpc_principal", default=None)
 
 
@@ -43,6 +46,17 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: BaseExcep
         )
     context.set_trailing_metadata((("error-code", spec.public_code),))
     await context.abort(grpc.StatusCode[spec.grpc], public_message(exc, spec))
+
+
+def _bind_call_context(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Give this call's log lines and audit records a request id and the peer address."""
+    metadata = dict(context.invocation_metadata() or ())
+    incoming = str(metadata.get("x-request-id", ""))
+    peer = context.peer() or ""
+    structlog.contextvars.bind_contextvars(
+        request_id=incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex,
+        client_addr=peer.split(":")[1] if peer.startswith("ipv") else peer or None,
+    )
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -84,8 +98,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, inner: Callable[..., Any], operation: str | None, authorization: str | None
     ) -> Callable[..., Awaitable[Any]]:
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            _bind_call_context(context)
             try:
-                token = _principal.set(self._access.check(operation, authorization))
+                token = _principal.set(await self._access.authorize_call(operation, authorization))
             except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
                 await abort_with(context, exc)
                 return None
@@ -110,8 +125,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def behavior(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
+            _bind_call_context(context)
             try:
-                token = _principal.set(self._access.check(operation, authorization))
+                token = _principal.set(await self._access.authorize_call(operation, authorization))
             except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
                 await abort_with(context, exc)
                 return

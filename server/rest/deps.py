@@ -14,18 +14,20 @@ if TYPE_CHECKING:
     from server.service.inference import InferenceService
 
 
-def enforce_policy(request: Request) -> None:
+async def enforce_policy(request: Request) -> None:
     """Authenticate and authorize the call by the policy table (an app-wide dependency).
 
     Runs before any route body; the route's own dependencies read the result.
-    Synchronous on purpose: a cached token costs microseconds, less than a
-    hop to the thread pool would.
+    Async on purpose: a cached token costs microseconds, less than a hop to
+    the thread pool would; a refusal is queued for the audit log.
     """
     route: Any = request.scope.get("route")
     method = "GET" if request.method == "HEAD" else request.method
     operation = rest_operation(method, getattr(route, "path", ""))
     services: Services = request.app.state.services
-    request.state.principal = services.access.check(operation, request.headers.get("authorization"))
+    request.state.principal = await services.access.authorize_call(
+        operation, request.headers.get("authorization")
+    )
 
 
 def _principal(request: Request) -> Principal:

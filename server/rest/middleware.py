@@ -40,7 +40,10 @@ class RequestContextMiddleware:
             return
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        client = scope.get("client")
+        structlog.contextvars.bind_contextvars(
+            request_id=request_id, client_addr=client[0] if client else None
+        )
         started = time.perf_counter()
         status = 500
 
@@ -58,4 +61,4 @@ class RequestContextMiddleware:
             template = getattr(route, "path", "unmatched")
             self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
             self.metrics.http_latency.labels(template).observe(time.perf_counter() - started)
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.unbind_contextvars("request_id", "client_addr")

@@ -17,6 +17,7 @@ import structlog
 
 from auth import (
     ROLE_SCOPES,
+    AuthError,
     InvalidClient,
     InvalidGrant,
     KeyAlgorithm,
@@ -36,10 +37,13 @@ from auth import (
     verify_client_secret,
 )
 from server.policy import OPERATIONS
+from server.service.context import current_actor, named_actor
+from storage.audit import AuditEvent
 from storage.identity import DenySnapshot, SigningKeyRecord
 
 if TYPE_CHECKING:
     from auth import IssuedToken, Principal, VerificationKey
+    from server.service.audit import AuditRecorder
     from storage.identity import IdentityStore
 
 log = structlog.get_logger(__name__)
@@ -150,7 +154,9 @@ class SigningKeys:
             max_token_lifetime=self._max_token_lifetime,
             alg=self._alg,
         )
-        self._store.save_signing_keys(self._to_record(key) for key in keys)
+        self._store.save_signing_keys(
+            (self._to_record(key) for key in keys), actor=current_actor(None)
+        )
         self._set = KeySet(k for k in keys if k.state is not KeyState.RETIRED)
         self._loaded_at = time.monotonic()
         return self._set
@@ -207,6 +213,32 @@ class AccessControl:
         self.verifier = verifier
         self.deny = deny
         self._pepper = pepper
+        self.recorder: AuditRecorder | None = None
+
+    async def authorize_call(
+        self, operation: str | None, authorization: str | None
+    ) -> Principal | None:
+        """``check`` for a live call: a refusal is also queued for the audit log."""
+        principal: Principal | None = None
+        try:
+            if operation in OPERATIONS and OPERATIONS[operation] is None:
+                return None
+            principal = self.authenticate(authorization)
+            return self.check(operation, authorization)
+        except AuthError as exc:
+            if self.recorder is not None:
+                denied = isinstance(exc, PermissionDenied)
+                await self.recorder.submit(
+                    AuditEvent(
+                        action="auth.denied" if denied else "auth.failure",
+                        resource=f"operation:{operation or 'unlisted'}",
+                        outcome="denied" if denied else "failure",
+                        tenant_id=principal.tenant_id if principal else None,
+                        actor=current_actor(principal) if principal else named_actor(None),
+                        details={"reason": exc.message},
+                    )
+                )
+            raise
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an ``Authorization: Bearer`` value, or ``Unauthenticated``."""
@@ -234,7 +266,36 @@ class AccessControl:
     def issue_token(
         self, *, client_id: str | None, client_secret: str | None, scope: str | None
     ) -> IssuedToken:
-        """Exchange client credentials for an access token (OAuth2 client_credentials)."""
+        """Exchange client credentials for an access token; every attempt is audited."""
+        try:
+            issued = self._issue_token(
+                client_id=client_id, client_secret=client_secret, scope=scope
+            )
+        except AuthError as exc:
+            self._store.audit.record(
+                AuditEvent(
+                    action="token.issue",
+                    resource=f"client:{client_id or '-'}",
+                    outcome="failure",
+                    actor=named_actor(client_id),
+                    details={"reason": exc.message},
+                )
+            )
+            raise
+        self._store.audit.record(
+            AuditEvent(
+                action="token.issue",
+                resource=f"client:{client_id}",
+                tenant_id=issued.claims["tenant"] if issued.claims["tenant"] != "*" else None,
+                actor=named_actor(client_id, client_id=client_id),
+                details={"jti": issued.claims["jti"], "scope": issued.claims["scope"]},
+            )
+        )
+        return issued
+
+    def _issue_token(
+        self, *, client_id: str | None, client_secret: str | None, scope: str | None
+    ) -> IssuedToken:
         if not client_id or not client_secret:
             raise InvalidClient(detail="missing client credentials")
         client = self._store.find_client(client_id)
@@ -271,6 +332,9 @@ class AccessControl:
         if principal.client_id != client.client_id:
             return  # not this client's token: same answer, no oracle
         self._store.revoke_token(
-            principal.token_id, expires_at=datetime.fromtimestamp(principal.expires_at, UTC)
+            principal.token_id,
+            expires_at=datetime.fromtimestamp(principal.expires_at, UTC),
+            tenant_id=principal.tenant_id,
+            actor=current_actor(principal),
         )
         self.deny.refresh()

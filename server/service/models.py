@@ -7,10 +7,12 @@ the adapter has already streamed to disk under the size limit.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
+from server.service.context import current_actor
 from server.service.errors import InvalidRequest
 from server.tflite_check import check_tflite
 
@@ -41,6 +43,7 @@ class ModelAdminService:
     async def upload_tflite(self, principal: Principal, name: str, path: Path) -> ModelVersionInfo:
         """Check the file loads in LiteRT with builtin ops only, then seal it as a new version."""
         tenant_id = _tenant(principal)
+        actor = current_actor(principal)
         checked = await run_in_threadpool(check_tflite, path)
 
         def seal() -> ModelVersionInfo:
@@ -52,6 +55,7 @@ class ModelAdminService:
                     format="tflite",
                     signature=checked.signature,
                     max_bytes=self._max_model_bytes,
+                    actor=actor,
                 )
 
         info = await run_in_threadpool(seal)
@@ -69,23 +73,46 @@ class ModelAdminService:
     async def set_label(self, principal: Principal, name: str, label: str, version: int) -> None:
         """Point ``label`` at ``version``."""
         tenant_id = _tenant(principal)
-        await run_in_threadpool(self._registry.set_label, tenant_id, name, label, version)
+        await run_in_threadpool(
+            partial(
+                self._registry.set_label,
+                tenant_id,
+                name,
+                label,
+                version,
+                actor=current_actor(principal),
+            )
+        )
         self._resolver.invalidate(tenant_id)
 
     async def delete_label(self, principal: Principal, name: str, label: str) -> None:
         """Remove a label."""
         tenant_id = _tenant(principal)
-        await run_in_threadpool(self._registry.delete_label, tenant_id, name, label)
+        await run_in_threadpool(
+            partial(
+                self._registry.delete_label, tenant_id, name, label, actor=current_actor(principal)
+            )
+        )
         self._resolver.invalidate(tenant_id)
 
     async def delete_version(self, principal: Principal, name: str, version: int) -> None:
         """Delete one version (the last one takes the model with it)."""
         tenant_id = _tenant(principal)
-        await run_in_threadpool(self._registry.delete_version, tenant_id, name, version)
+        await run_in_threadpool(
+            partial(
+                self._registry.delete_version,
+                tenant_id,
+                name,
+                version,
+                actor=current_actor(principal),
+            )
+        )
         self._resolver.invalidate(tenant_id)
 
     async def delete_model(self, principal: Principal, name: str) -> None:
         """Delete a model and all its versions."""
         tenant_id = _tenant(principal)
-        await run_in_threadpool(self._registry.delete_model, tenant_id, name)
+        await run_in_threadpool(
+            partial(self._registry.delete_model, tenant_id, name, actor=current_actor(principal))
+        )
         self._resolver.invalidate(tenant_id)

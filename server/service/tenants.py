@@ -18,6 +18,7 @@ from auth import (
     new_client_id,
     new_client_secret,
 )
+from server.service.context import current_actor
 from server.service.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class TenantAdminService:
     def create(self, principal: Principal | None, name: str) -> TenantInfo:
         """Create a tenant and its first key."""
         self._authorize(principal)
-        return self._registry.create_tenant(name)
+        return self._registry.create_tenant(name, actor=current_actor(principal))
 
     def list_tenants(self, principal: Principal | None) -> list[TenantInfo]:
         """Every tenant."""
@@ -72,14 +73,14 @@ class TenantAdminService:
     def set_state(self, principal: Principal | None, name: str, state: str) -> TenantInfo:
         """Suspend or resume; tokens of a suspended tenant stop working at once."""
         self._authorize(principal)
-        tenant = self._registry.set_tenant_state(name, state)
+        tenant = self._registry.set_tenant_state(name, state, actor=current_actor(principal))
         self._deny.refresh()
         return tenant
 
     def delete(self, principal: Principal | None, name: str) -> None:
         """Delete a tenant, its clients and its keys (crypto-shredding)."""
         self._authorize(principal)
-        self._registry.delete_tenant(name)
+        self._registry.delete_tenant(name, actor=current_actor(principal))
         self._deny.refresh()
 
     # --- clients ------------------------------------------------------------------
@@ -105,6 +106,7 @@ class TenantAdminService:
             role=parsed.value,
             name=name,
             secret_hash=hash_client_secret(secret, pepper=self._pepper),
+            actor=current_actor(principal),
         )
         return NewClient(
             client_id=record.client_id,
@@ -128,5 +130,5 @@ class TenantAdminService:
         """Revoke a client: it can no longer obtain tokens."""
         self._authorize(principal)
         tenant_id = self._registry.get_tenant(tenant).id if tenant is not None else None
-        self._identities.revoke_client(tenant_id, client_id)
+        self._identities.revoke_client(tenant_id, client_id, actor=current_actor(principal))
         self._deny.refresh()  # its tokens stop working now, not at their expiry

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -284,6 +285,67 @@ def test_no_secret_reaches_the_logs(server, admin) -> None:
     for secret in secrets_seen:
         assert secret not in log  # ...but nothing secret was
         assert secret[:24] not in log  # not even a prefix
+    # The audit log recorded the flow, failures included, and holds no secret either.
+    time.sleep(1.5)  # batched records are flushed at least every second
+    entries = httpx.get(f"{running.url}/admin/v1/audit?limit=1000", headers=headers).json()[
+        "entries"
+    ]
+    actions = {(e["action"], e["outcome"]) for e in entries}
+    assert {
+        ("client.create", "success"),
+        ("token.issue", "success"),
+        ("token.issue", "failure"),
+        ("auth.failure", "failure"),
+        ("auth.denied", "denied"),
+        ("token.revoke", "success"),
+    } <= actions
+    dump = json.dumps(entries)
+    for secret in secrets_seen:
+        assert secret not in dump
+        assert secret[:24] not in dump
+
+
+def test_audit_review_is_scoped_and_verifiable(server, admin) -> None:
+    """Platform auditors see every tenant; a tenant admin only its own; the chain verifies."""
+    running, env = server
+    _, headers = admin
+    httpx.post(f"{running.url}{ADMIN_ROUTE}", json={"name": "audit-a"}, headers=headers)
+    httpx.post(f"{running.url}{ADMIN_ROUTE}", json={"name": "audit-b"}, headers=headers)
+    admin_a = httpx.post(
+        f"{running.url}{ADMIN_ROUTE}/audit-a/clients",
+        json={"role": "tenant-admin"},
+        headers=headers,
+    ).json()
+    httpx.post(
+        f"{running.url}{ADMIN_ROUTE}/audit-b/clients",
+        json={"role": "tenant-client"},
+        headers=headers,
+    )
+    token_a = _token(running, admin_a["client_id"], admin_a["client_secret"]).json()["access_token"]
+    everything = httpx.get(
+        f"{running.url}/admin/v1/audit?action=client.create&limit=1000", headers=headers
+    ).json()["entries"]
+    own = httpx.get(
+        f"{running.url}/admin/v1/audit?limit=1000", headers={"Authorization": f"Bearer {token_a}"}
+    ).json()["entries"]
+    tenant_a = httpx.get(f"{running.url}{ADMIN_ROUTE}/audit-a", headers=headers).json()["id"]
+    assert len({e["tenant_id"] for e in everything}) >= 2
+    assert own and {e["tenant_id"] for e in own} == {tenant_a}
+    page = httpx.get(f"{running.url}/admin/v1/audit?limit=2", headers=headers).json()
+    older = httpx.get(
+        f"{running.url}/admin/v1/audit?limit=2&cursor={page['next_cursor']}", headers=headers
+    ).json()
+    assert [e["seq"] for e in older["entries"]] == [
+        page["next_cursor"] - 1,
+        page["next_cursor"] - 2,
+    ]
+    verified = cli("audit", "verify", env=env)
+    assert "ok" in verified.stdout
+    exported = cli("audit", "export", env=env).stdout.splitlines()
+    assert json.loads(exported[0])["type"] == "public_key"
+    assert any(json.loads(line)["type"] == "checkpoint" for line in exported)
+    listed = json.loads(cli("audit", "list", "--tenant", "audit-a", "--json", env=env).stdout)
+    assert {e["tenant_id"] for e in listed} == {tenant_a}
 
 
 INFER_BODY = json.dumps(
