@@ -65,15 +65,22 @@ def prepare_data_dir(ctx: TokenContext, data_dir: Path) -> dict[str, str]:
         with container.engine.begin() as conn:
             for tenant_id, state in ((ctx.suspended_tenant, "suspended"), (TENANT, "active")):
                 conn.execute(
-                    text("INSERT INTO tenants (id, name, state, created_at) VALUES (:i, :n, :s, :c)"),
+                    text(
+                        "INSERT INTO tenants (id, name, state, created_at) VALUES (:i, :n, :s, :c)"
+                    ),
                     {"i": tenant_id, "n": tenant_id, "s": state, "c": datetime.now(UTC)},
                 )
         # The table's tokens name tenant id "acme": give it a key and the digits model.
         with unit_of_work(container.sessions) as session:
-            session.add(KeyHierarchy(container.master_keys).new_tenant_key(tenant_id=TENANT, version=1))
+            session.add(
+                KeyHierarchy(container.master_keys).new_tenant_key(tenant_id=TENANT, version=1)
+            )
         with DEMO_MODEL.open("rb") as source:
             container.registry.put_version(
-                tenant_id=TENANT, model_name="digits", source=source, format="tflite",
+                tenant_id=TENANT,
+                model_name="digits",
+                source=source,
+                format="tflite",
                 signature=check_tflite(DEMO_MODEL).signature,
             )
     finally:
