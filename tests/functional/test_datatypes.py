@@ -86,7 +86,7 @@ def test_rest_binary_tritonclient(identity) -> None:
 
 
 def test_grpc_raw_and_typed(identity) -> None:
-    """gRPC raw contents for every type, typed contents for every type that has a field."""
+    """GRPC raw contents for every type, typed contents for every type that has a field."""
     running, tokens = identity
     metadata = [("authorization", f"Bearer {tokens['other']}")]
     with grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:

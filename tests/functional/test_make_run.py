@@ -17,7 +17,7 @@ def _commands(printed: str) -> list[str]:
 
 
 def test_printed_commands_work(tmp_path) -> None:
-    """init --demo prints token, REST and gRPC commands; run as printed, they classify the digit."""
+    """Init --demo prints token, REST and gRPC commands; run as printed, they classify the digit."""
     env = server_env(
         tmp_path, SEALSERVE_REST_PORT=str(free_port()), SEALSERVE_GRPC_PORT=str(free_port())
     )
@@ -29,8 +29,8 @@ def test_printed_commands_work(tmp_path) -> None:
         env, tmp_path / "server.log", ports=(env["SEALSERVE_REST_PORT"], env["SEALSERVE_GRPC_PORT"])
     )
     try:
-        shell = subprocess.run(
-            ["bash", "-c", "set -e\n" + "\n".join(commands)],
+        shell = subprocess.run(  # noqa: S603 - the printed commands are the test subject
+            ["bash", "-c", "set -e\n" + "\n".join(commands)],  # noqa: S607 - as a person's shell
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -12,9 +12,9 @@ from server.bootstrap import build_container, build_services, ensure_schema
 from server.grpc.server import GrpcGateway
 from server.metrics import Metrics
 from server.pool.pool import WorkerPool
-from server.service.inference import InferenceService
 from server.rest.app import create_app
 from server.service.health import HealthService
+from server.service.inference import InferenceService
 from server.settings import load_settings
 
 

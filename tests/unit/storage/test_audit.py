@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-
 from sqlalchemy.orm import Session
 
 from storage import make_session_factory
