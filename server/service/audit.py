@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,27 +20,58 @@ from starlette.concurrency import run_in_threadpool
 
 from auth import Scope, authorize
 from server.service.errors import InvalidRequest
+from storage.audit import Actor, AuditEvent
 
 if TYPE_CHECKING:
     from auth import Principal
-    from storage.audit import AuditEvent, AuditLog
+    from storage.audit import AuditLog
 
 log = structlog.get_logger(__name__)
 FLUSH_SECONDS = 1.0
 MAX_BATCH = 500
+MAX_CALLS_PER_FLUSH = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One inference call, as the audit log keeps it."""
+
+    tenant_id: str
+    model: str
+    version: str
+    subject: str | None
+    client_id: str | None
+    outcome: str
+    latency_ms: float
+    request_id: str | None
 
 
 class AuditRecorder:
-    """Batches events into the audit log from the event loop."""
+    """Batches events into the audit log from the event loop.
 
-    def __init__(self, audit: AuditLog, *, max_queue: int = 10_000) -> None:
+    Inference calls are grouped per tenant into one chained entry per flush
+    (``inference.calls``, each call's record in its details), so serving pays
+    a queue put per call rather than a row and a hash.
+    """
+
+    def __init__(
+        self, audit: AuditLog, *, max_queue: int = 10_000, max_calls: int = 100_000
+    ) -> None:
         self._audit = audit
         self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(maxsize=max_queue)
+        self._calls: asyncio.Queue[CallRecord] = asyncio.Queue(maxsize=max_calls)
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, event: AuditEvent) -> None:
         """Queue ``event``; waits while the queue is full."""
         await self._queue.put(event)
+
+    async def submit_call(self, call: CallRecord) -> None:
+        """Queue one inference call's record; waits while the queue is full."""
+        if self._calls.full():
+            await self._calls.put(call)
+        else:
+            self._calls.put_nowait(call)
 
     def start(self) -> None:
         """Start flushing in the background."""
@@ -61,11 +94,41 @@ class AuditRecorder:
                 log.exception("audit flush failed; retrying")
 
     async def _flush(self) -> None:
-        while not self._queue.empty():
+        while not self._queue.empty() or not self._calls.empty():
             batch: list[AuditEvent] = []
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            batch.extend(self._call_events())
             await run_in_threadpool(self._audit.record_many, batch)
+
+    def _call_events(self) -> list[AuditEvent]:
+        by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        taken = 0
+        while taken < MAX_CALLS_PER_FLUSH and not self._calls.empty():
+            call = self._calls.get_nowait()
+            by_tenant[call.tenant_id].append(
+                {
+                    "model": call.model,
+                    "version": call.version,
+                    "subject": call.subject,
+                    "client_id": call.client_id,
+                    "outcome": call.outcome,
+                    "latency_ms": round(call.latency_ms, 3),
+                    "request_id": call.request_id,
+                }
+            )
+            taken += 1
+        return [
+            AuditEvent(
+                action="inference.calls",
+                resource=f"calls:{len(calls)}",
+                tenant_id=tenant_id,
+                outcome="success" if all(c["outcome"] == "success" for c in calls) else "failure",
+                actor=Actor(subject="gateway"),
+                details={"calls": calls},
+            )
+            for tenant_id, calls in by_tenant.items()
+        ]
 
 
 class AuditReviewService:
