@@ -150,28 +150,48 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("instance_id", "models", "in_flight", "memory")
+    __slots__ = ("instance_id", "models", "in_flight", "memory", "evictions", "batching")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
     in_flight: int
     memory: Memory
-    def __init__(self, instance_id: _Optional[str] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., in_flight: _Optional[int] = ..., memory: _Optional[_Union[Memory, _Mapping]] = ...) -> None: ...
+    evictions: int
+    batching: _containers.RepeatedCompositeFieldContainer[BatchStats]
+    def __init__(self, instance_id: _Optional[str] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., in_flight: _Optional[int] = ..., memory: _Optional[_Union[Memory, _Mapping]] = ..., evictions: _Optional[int] = ..., batching: _Optional[_Iterable[_Union[BatchStats, _Mapping]]] = ...) -> None: ...
+
+class BatchStats(_message.Message):
+    __slots__ = ("model", "calls", "batches", "rows", "size_buckets")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    model: ModelKey
+    calls: int
+    batches: int
+    rows: int
+    size_buckets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[_Union[ModelKey, _Mapping]] = ..., calls: _Optional[int] = ..., batches: _Optional[int] = ..., rows: _Optional[int] = ..., size_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("model", "bytes_used", "idle_ms", "in_flight")
+    __slots__ = ("model", "bytes_used", "idle_ms", "in_flight", "queued")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BYTES_USED_FIELD_NUMBER: _ClassVar[int]
     IDLE_MS_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
     model: ModelKey
     bytes_used: int
     idle_ms: int
     in_flight: int
-    def __init__(self, model: _Optional[_Union[ModelKey, _Mapping]] = ..., bytes_used: _Optional[int] = ..., idle_ms: _Optional[int] = ..., in_flight: _Optional[int] = ...) -> None: ...
+    queued: int
+    def __init__(self, model: _Optional[_Union[ModelKey, _Mapping]] = ..., bytes_used: _Optional[int] = ..., idle_ms: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
 
 class Memory(_message.Message):
     __slots__ = ("rss_bytes", "models_bytes", "budget_bytes")
