@@ -6,19 +6,24 @@ It runs on a small thread pool of its own, so the event loop keeps answering
 ``Ping`` and serving other models meanwhile, and concurrent first calls for
 the same model share one load instead of racing.
 
-This is where LRU eviction will live (each entry records its size and last
-use); today nothing is evicted until ``unload``.
+Memory is bounded by ``budget_bytes`` (0: unbounded). Before a model is
+added, the least recently used models with no call running or queued are
+evicted until it fits: first room for the plaintext bytes (known as soon as
+they are unsealed, before the interpreter is built), then for the activations
+the interpreter allocated. A model that could fit only by evicting busy ones
+waits for them to go idle; one larger than the whole budget is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import structlog
 
-from server.pool.errors import LOAD_FAILED, MODEL_NOT_FOUND, CallFailed
+from server.pool.errors import LOAD_FAILED, MODEL_NOT_FOUND, OVERLOADED, CallFailed
 from server.pool.runtime import LoadedModel
 from storage.errors import NotFound, StorageError
 
@@ -31,23 +36,56 @@ log = structlog.get_logger(__name__)
 
 LOAD_THREADS = 2
 """Models loaded in parallel; a slow one does not hold up the next."""
+ROOM_WAIT_SECONDS = 30.0
+"""How long a load waits for busy models to go idle before it is refused as overloaded."""
+_MIB = 1024 * 1024
 
 
 class ModelCache:
-    """Loaded models by key, plus the loads in progress."""
+    """Loaded models by key in least-recently-used order, plus the loads in progress."""
 
-    def __init__(self, *, open_model: Callable[[ModelKey], bytes]) -> None:
+    def __init__(
+        self,
+        *,
+        open_model: Callable[[ModelKey], bytes],
+        budget_bytes: int = 0,
+        on_evict: Callable[[ModelKey], None] | None = None,
+    ) -> None:
         self._open_model = open_model
-        self._models: dict[ModelKey, LoadedModel] = {}
+        self._budget = budget_bytes
+        self.on_evict = on_evict
+        """Called with the key of every model dropped (evicted or unloaded)."""
+        self._models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()
         self._loading: dict[ModelKey, asyncio.Task[LoadedModel]] = {}
+        self._reserved = 0
+        self._idle: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="sealserve-load")
+        self.evictions = 0
+
+    @property
+    def budget_bytes(self) -> int:
+        """The memory ceiling for loaded models (0: none)."""
+        return self._budget
 
     def __contains__(self, key: ModelKey) -> bool:
         return key in self._models
 
     def loaded(self, key: ModelKey) -> LoadedModel | None:
-        """The model if it is loaded now (the hot path: no task, no await)."""
-        return self._models.get(key)
+        """The model if it is loaded now, marked most recently used (no task, no await)."""
+        model = self._models.get(key)
+        if model is not None:
+            self._models.move_to_end(key)
+        return model
+
+    def hold(self, model: LoadedModel) -> None:
+        """A call starts using ``model``: it is not evicted until ``release``."""
+        model.in_flight += 1
+
+    def release(self, model: LoadedModel) -> None:
+        """A call is done with ``model``; a load waiting for room may now evict it."""
+        model.in_flight -= 1
+        if model.in_flight == 0 and self._idle is not None:
+            self._idle.set()
 
     async def get(self, key: ModelKey) -> tuple[LoadedModel, bool]:
         """The loaded model for ``key``, loading it first if needed; True if this call loaded it.
@@ -69,7 +107,11 @@ class ModelCache:
 
     def unload(self, key: ModelKey) -> bool:
         """Forget a model; calls already running on it finish first. True if it was loaded."""
-        return self._models.pop(key, None) is not None
+        if self._models.pop(key, None) is None:
+            return False
+        if self.on_evict is not None:
+            self.on_evict(key)
+        return True
 
     def items(self) -> list[tuple[ModelKey, LoadedModel]]:
         """Every loaded model with its key."""
@@ -77,8 +119,8 @@ class ModelCache:
 
     @property
     def bytes_used(self) -> int:
-        """Memory attributed to the loaded models."""
-        return sum(model.bytes_used for model in self._models.values())
+        """Memory attributed to the loaded models and to the loads making room for theirs."""
+        return sum(model.bytes_used for model in self._models.values()) + self._reserved
 
     def close(self) -> None:
         """Stop the load threads (a load in progress finishes first)."""
@@ -86,9 +128,59 @@ class ModelCache:
 
     async def _load(self, key: ModelKey) -> LoadedModel:
         loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(self._executor, self._load_blocking, key)
+        content = await loop.run_in_executor(self._executor, self._open, key)
+        await self._make_room(len(content), key)
+        self._reserved += len(content)
+        try:
+            model = await loop.run_in_executor(self._executor, self._build, key, content)
+        finally:
+            self._reserved -= len(content)
+        del content
+        await self._make_room(model.bytes_used, key)
         self._models[key] = model
         return model
+
+    async def _make_room(self, size: int, key: ModelKey) -> None:
+        """Evict idle models, least recently used first, until ``size`` more bytes fit."""
+        if not self._budget:
+            return
+        if size > self._budget:
+            msg = (
+                f"the model needs {size / _MIB:.1f} MiB, more than this worker's memory "
+                f"budget of {self._budget / _MIB:.1f} MiB"
+            )
+            raise CallFailed(LOAD_FAILED, msg)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROOM_WAIT_SECONDS
+        while self.bytes_used + size > self._budget:
+            idle = next((k for k, m in self._models.items() if m.in_flight == 0), None)
+            if idle is not None:
+                self._evict(idle)
+                continue
+            # Every model left is busy: wait for one to go idle, not forever.
+            left = deadline - loop.time()
+            if left <= 0:
+                raise CallFailed(OVERLOADED, "no memory is free on this worker for the model")
+            self._idle = self._idle or asyncio.Event()
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), left)
+            except TimeoutError:
+                continue
+        log.debug("room made", tenant_id=key.tenant_id, version_id=key.version_id, size=size)
+
+    def _evict(self, key: ModelKey) -> None:
+        model = self._models.pop(key)
+        self.evictions += 1
+        if self.on_evict is not None:
+            self.on_evict(key)
+        log.info(
+            "model evicted",
+            tenant_id=key.tenant_id,
+            version_id=key.version_id,
+            bytes_used=model.bytes_used,
+            idle_seconds=round(model.idle_seconds(), 1),
+        )
 
     def _load_done(self, key: ModelKey, task: asyncio.Task[LoadedModel]) -> None:
         self._loading.pop(key, None)
@@ -97,15 +189,23 @@ class ModelCache:
         if not task.cancelled():
             task.exception()
 
-    def _load_blocking(self, key: ModelKey) -> LoadedModel:
-        bound = log.bind(tenant_id=key.tenant_id, version_id=key.version_id)
+    def _open(self, key: ModelKey) -> bytes:
         try:
-            content = self._open_model(key)
+            return self._open_model(key)
         except NotFound:
             raise CallFailed(MODEL_NOT_FOUND, "the model version does not exist") from None
         except StorageError as exc:
-            bound.warning("model version cannot be unsealed", error=exc.message, detail=exc.detail)
+            log.warning(
+                "model version cannot be unsealed",
+                tenant_id=key.tenant_id,
+                version_id=key.version_id,
+                error=exc.message,
+                detail=exc.detail,
+            )
             raise CallFailed(LOAD_FAILED, "the model version could not be unsealed") from None
+
+    def _build(self, key: ModelKey, content: bytes) -> LoadedModel:
+        bound = log.bind(tenant_id=key.tenant_id, version_id=key.version_id)
         try:
             model = LoadedModel.load(content)
         except CallFailed as exc:

@@ -1,9 +1,11 @@
 """``WorkerPool``: the gateway's local inference workers, spawned, supervised and dispatched to.
 
 One process per slot (``server.pool.process``), one reused ``grpc.aio``
-channel to each. A call goes to the worker the ``Balancer`` picks, as one
-``Infer`` RPC. If that worker dies under it (the RPC fails ``UNAVAILABLE``),
-the call is sent once more to another worker (or to the restarted one, when
+channel to each. A call goes to the worker the ``Balancer`` picks, through
+that worker's ``Coalescer`` (``server.pool.dispatcher``), which shares one
+``Infer`` RPC among the calls that arrive together. If that worker dies
+under it (the RPC fails ``UNAVAILABLE``, or the call was still waiting), the
+call is sent once more to another worker (or to the restarted one, when
 there is no other): inference is side-effect free, so a repeat is safe.
 
 Two background tasks keep the pool healthy without a gateway restart: the
@@ -11,7 +13,10 @@ watcher notices exited processes within ``WATCH_INTERVAL`` and restarts them
 with exponential backoff (so a worker that crashes at start-up cannot spin),
 and the liveness task pings every worker and kills one that stops answering
 (a hung worker looks alive to ``poll()``). A restarted worker holds no models;
-they are loaded again on first use.
+they are loaded again on first use. A third task asks every worker for its
+``Status`` each ``STATUS_INTERVAL``: what it reports holding (it may have
+evicted models) steers the balancer, and the snapshot feeds ``/metrics``
+without an RPC on the scrape.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import structlog
 from protos import worker_pb2
 from server.errors import StartupError
 from server.pool.balancer import Balancer
+from server.pool.dispatcher import Coalescer, RpcStats, WorkerGone
 from server.pool.errors import (
     INTERNAL_MESSAGE,
     RETRYABLE_STATUSES,
@@ -63,8 +69,10 @@ RESTART_BACKOFF = (0.25, 10.0)
 """First and longest delay before restarting a worker that keeps crashing."""
 STABLE_AFTER = 30.0
 """A worker up this long has its crash count (and so its backoff) reset."""
-PING_INTERVAL, PING_TIMEOUT, PING_FAILURES = 2.0, 5.0, 3
+PING_INTERVAL, PING_TIMEOUT, PING_FAILURES = 1.0, 2.0, 3
 """Liveness: a worker that misses this many pings in a row is killed and restarted."""
+STATUS_INTERVAL = 1.0
+"""How often each worker's ``Status`` is read (placement and metrics)."""
 STOP_TIMEOUT = 5.0
 """How long a worker gets to exit after SIGTERM before it is killed."""
 
@@ -86,6 +94,20 @@ class ModelStatus:
     bytes_used: int
     idle_ms: int
     in_flight: int
+    queued: int = 0
+    """Calls waiting in the model's batch queue on the worker."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatus:
+    """How a worker has batched one model's calls since it started."""
+
+    key: ModelKey
+    calls: int
+    batches: int
+    rows: int
+    size_buckets: tuple[int, ...]
+    """Invocations by rows, per ``server.pool.batcher.BATCH_BUCKETS`` (+ the rest)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +127,25 @@ class WorkerStatus:
     rss_bytes: int | None = None
     """None when the worker did not answer ``Status``."""
     models_bytes: int = 0
+    budget_bytes: int = 0
+    """The worker's memory budget for models (0: none)."""
+    evictions: int = 0
+    batching: tuple[BatchStatus, ...] = ()
+    waiting: int = 0
+    """Calls held in the gateway for this worker, not yet sent."""
 
 
 class _Slot:
     """A worker process plus what the pool tracks to dispatch to it."""
 
-    def __init__(self, process: WorkerProcess) -> None:
+    def __init__(self, process: WorkerProcess, coalescer: Callable[[_Slot], Coalescer]) -> None:
         self.process = process
         self.state = WorkerState.STARTING
         self.in_flight = 0
         self.models: set[ModelKey] = set()
+        self.recent: set[ModelKey] = set()
+        """Models sent to this worker since its last ``Status`` (it may be loading them)."""
+        self.coalescer = coalescer(self)
         self.restarts = 0
         self.crashes = 0
         self.live_since = 0.0
@@ -149,8 +180,22 @@ class WorkerPool:
         self._socket_dir = socket_dir
         self._balancer = balancer or Balancer()
         self._ready_timeout = ready_timeout
+        self.rpc_stats = RpcStats()
+        """Infer RPCs sent and calls per RPC, for ``/metrics``."""
+        self.snapshot: list[WorkerStatus] = []
+        """Every worker's last ``Status``, refreshed each ``STATUS_INTERVAL``."""
+
+        def coalescer(slot: _Slot) -> Coalescer:
+            return Coalescer(
+                lambda: slot.stub if slot.state is WorkerState.LIVE else None,
+                max_rpcs=settings.pool_rpcs_per_worker,
+                max_calls=settings.pool_coalesce_max_calls,
+                max_pending=settings.pool_max_pending,
+                stats=self.rpc_stats,
+            )
+
         self._slots = [
-            _Slot(WorkerProcess(index=i, socket_path=socket_dir / f"worker-{i}.sock"))
+            _Slot(WorkerProcess(index=i, socket_path=socket_dir / f"worker-{i}.sock"), coalescer)
             for i in range(workers)
         ]
         self._settings_line = b""
@@ -183,7 +228,11 @@ class WorkerPool:
         for slot in self._slots:
             slot.state, slot.live_since = WorkerState.LIVE, now
         self._started = True
-        self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._liveness())]
+        self._tasks = [
+            asyncio.create_task(self._watch()),
+            asyncio.create_task(self._liveness()),
+            asyncio.create_task(self._refresh_status()),
+        ]
         log.info("inference workers started", workers=len(self._slots))
 
     async def stop(self, grace: float) -> None:
@@ -237,18 +286,12 @@ class WorkerPool:
             outputs=outputs,
             request_id=request_id or "",
         )
+        loop = asyncio.get_running_loop()
 
-        async def send(slot: _Slot, left: float) -> worker_pb2.InferResponse:
-            call.timeout_ms = max(1, min(int(left * 1000), 2**32 - 1))
-            reply: worker_pb2.InferResponse = await slot.stub.Infer(
-                worker_pb2.InferRequest(calls=[call]), timeout=left
-            )
-            return reply
+        async def send(slot: _Slot, left: float) -> worker_pb2.InferResult:
+            return await slot.coalescer.call(call, loop.time() + left)
 
-        slot, reply = await self._dispatch(key, timeout, send, request_id=request_id)
-        if len(reply.results) != 1:
-            raise WorkerCrashed(INTERNAL_MESSAGE, detail=f"{len(reply.results)} results for 1 call")
-        result = reply.results[0]
+        slot, result = await self._dispatch(key, timeout, send, request_id=request_id)
         if result.HasField("error"):
             error = service_error(result.error.code, result.error.message)
             if isinstance(error, ModelNotReady):
@@ -292,37 +335,50 @@ class WorkerPool:
                 if left <= 0:
                     raise DeadlineExceeded("the inference call ran out of time")
                 slot.in_flight += 1
-                slot.models.add(key)  # it will load the model: steer followers to it
+                if key not in slot.models:  # it will load the model: steer followers to it
+                    slot.models.add(key)
+                    slot.recent.add(key)
                 try:
                     return slot, await send(slot, left)
-                except grpc.aio.AioRpcError as exc:
-                    code = exc.code()
-                    if self._closing:
-                        raise Unavailable("the server is shutting down") from None
-                    if code not in RETRYABLE_STATUSES:
-                        error = rpc_service_error(code, exc.details())
-                        if isinstance(error, ModelNotReady):
-                            slot.models.discard(key)
-                        raise error from None
-                    failed.add(slot.process.instance_id)
-                    self._suspect(slot)
-                    if len(failed) > 1:
-                        raise WorkerCrashed(
-                            "the inference worker stopped while running the call",
-                            detail=exc.details(),
-                        ) from None
-                    log.warning(
-                        "worker failed a call; retrying on another",
-                        worker=slot.process.index,
-                        request_id=request_id,
-                        status=code.name,
-                    )
+                except (grpc.aio.AioRpcError, WorkerGone) as exc:
+                    self._failed(slot, key, exc, failed, request_id=request_id)
                 finally:
                     slot.in_flight -= 1
         finally:
             self._calls -= 1
             if self._calls == 0:
                 self._idle.set()
+
+    def _failed(
+        self,
+        slot: _Slot,
+        key: ModelKey,
+        exc: grpc.aio.AioRpcError | WorkerGone,
+        failed: set[str | None],
+        *,
+        request_id: str | None,
+    ) -> None:
+        """Raise the service error for a failed send, or return to have it retried elsewhere."""
+        code, details = _rpc_failure(exc)
+        if self._closing:
+            raise Unavailable("the server is shutting down") from None
+        if code not in RETRYABLE_STATUSES:
+            error = rpc_service_error(code, details)
+            if isinstance(error, ModelNotReady):
+                slot.models.discard(key)
+            raise error from None
+        failed.add(slot.process.instance_id)
+        self._suspect(slot)
+        if len(failed) > 1:
+            raise WorkerCrashed(
+                "the inference worker stopped while running the call", detail=details
+            ) from None
+        log.warning(
+            "worker failed a call; retrying on another",
+            worker=slot.process.index,
+            request_id=request_id,
+            status=code.name,
+        )
 
     async def _choose(self, key: ModelKey, failed: set[str | None], deadline: float) -> _Slot:
         """The balancer's pick among live workers not in ``failed``; waits for one to come up."""
@@ -364,6 +420,7 @@ class WorkerPool:
         delay = min(first * 2 ** (slot.crashes - 1), longest)
         slot.state, slot.restart_at = WorkerState.DEAD, now + delay
         slot.models.clear()
+        slot.coalescer.fail_waiting()
         code = None if slot.process.process is None else slot.process.process.returncode
         log.warning(
             "inference worker died",
@@ -431,6 +488,22 @@ class WorkerPool:
         """Every slot, with what its worker holds (asked over ``Status``) when it is live."""
         return list(await asyncio.gather(*(self._status(slot) for slot in self._slots)))
 
+    async def _refresh_status(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            try:
+                self.snapshot = await self.status()
+            except Exception:
+                log.warning("worker status refresh failed", exc_info=True)
+                continue
+            for slot, status in zip(self._slots, self.snapshot, strict=True):
+                if status.rss_bytes is None or slot.state is not WorkerState.LIVE:
+                    continue
+                # What the worker holds now (it evicts on its own), plus what was
+                # just sent to it and may still be loading.
+                slot.models = {model.key for model in status.models} | slot.recent
+                slot.recent = set()
+
     async def _status(self, slot: _Slot) -> WorkerStatus:
         base = WorkerStatus(
             index=slot.process.index,
@@ -439,6 +512,7 @@ class WorkerPool:
             instance_id=slot.process.instance_id,
             restarts=slot.restarts,
             in_flight=slot.in_flight,
+            waiting=slot.coalescer.waiting,
         )
         if slot.state is not WorkerState.LIVE:
             return base
@@ -452,8 +526,19 @@ class WorkerPool:
                 bytes_used=entry.bytes_used,
                 idle_ms=entry.idle_ms,
                 in_flight=entry.in_flight,
+                queued=entry.queued,
             )
             for entry in reply.models
+        )
+        batching = tuple(
+            BatchStatus(
+                key=key_from_pb(entry.model),
+                calls=entry.calls,
+                batches=entry.batches,
+                rows=entry.rows,
+                size_buckets=tuple(entry.size_buckets),
+            )
+            for entry in reply.batching
         )
         return WorkerStatus(
             index=base.index,
@@ -466,7 +551,18 @@ class WorkerPool:
             models=models,
             rss_bytes=reply.memory.rss_bytes,
             models_bytes=reply.memory.models_bytes,
+            budget_bytes=reply.memory.budget_bytes,
+            evictions=reply.evictions,
+            batching=batching,
+            waiting=base.waiting,
         )
+
+
+def _rpc_failure(exc: grpc.aio.AioRpcError | WorkerGone) -> tuple[grpc.StatusCode, str]:
+    """The status and text of a failed send (a worker gone before sending is UNAVAILABLE)."""
+    if isinstance(exc, WorkerGone):
+        return grpc.StatusCode.UNAVAILABLE, "the worker went away before the call was sent"
+    return exc.code(), exc.details() or ""
 
 
 def _private_directory(path: Path) -> None:

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 
 DEFAULT_SIGNATURE = "serving_default"
 
+Call = tuple["Sequence[Tensor]", "Sequence[str]"]
+"""One call as ``run_many`` takes it: the inputs, and the outputs wanted (empty: all)."""
+
+_NOT_RUN = RuntimeError("the call was not run")
+
 _OIP_NAMES = {dtype: name for name, dtype in NUMPY_DTYPES.items() if name != "BYTES"}
 
 
@@ -109,6 +114,11 @@ class LoadedModel:
         self.bytes_used = bytes_used
         self.last_used = time.monotonic()
         self.in_flight = 0
+        # Rows of concurrent calls can be stacked into one invocation only when
+        # every input and output has a dynamic first (batch) dimension.
+        self.batchable = all(
+            port.shape_signature[:1] == (-1,) for port in (*inputs.values(), *outputs)
+        ) and bool(inputs)
 
     @classmethod
     def load(cls, content: bytes, *, signature_key: str = DEFAULT_SIGNATURE) -> LoadedModel:
@@ -131,7 +141,7 @@ class LoadedModel:
                 inputs={port.name: port for port in inputs},
                 outputs=outputs,
                 runner=None,
-                bytes_used=len(content),
+                bytes_used=len(content) + _arena_bytes(interpreter),
             )
         key = signature_key if signature_key in signatures else next(iter(signatures))
         if len(signatures) > 1 and key != signature_key:
@@ -152,7 +162,7 @@ class LoadedModel:
             inputs={port.name: port for port in inputs},
             outputs=outputs,
             runner=None if primary else runner,
-            bytes_used=len(content),
+            bytes_used=len(content) + _arena_bytes(interpreter),
         )
 
     @property
@@ -188,6 +198,89 @@ class LoadedModel:
             Tensor(name=port.name, datatype=port.datatype, shape=tuple(array.shape), data=array)
             for port, array in zip(wanted, results, strict=True)
         ]
+
+    def run_many(self, calls: Sequence[Call]) -> list[list[Tensor] | Exception]:
+        """Run several calls in one go: stacked into one invocation where the model allows.
+
+        Each call gets its own outcome (outputs, or the exception it raised),
+        so a misfit call never fails its neighbours. Calls whose inputs agree
+        on everything but the first dimension are concatenated along it, run
+        once, and the outputs split back by row; a model whose outputs do not
+        come back with one row per input row is marked not batchable and its
+        calls are run one by one from then on.
+        """
+        results: list[list[Tensor] | Exception] = [_NOT_RUN] * len(calls)
+        groups: dict[tuple[Any, ...], list[tuple[int, dict[str, npt.NDArray[Any]]]]] = {}
+        for position, (inputs, outputs) in enumerate(calls):
+            try:
+                feeds = self._check_inputs(inputs)
+                self._check_outputs(outputs)
+            except CallFailed as exc:
+                results[position] = exc
+                continue
+            if not self.batchable:
+                results[position] = self._run_one(inputs, outputs)
+                continue
+            shape_key = tuple(
+                (name, array.shape[1:], array.dtype.str) for name, array in sorted(feeds.items())
+            )
+            groups.setdefault(shape_key, []).append((position, feeds))
+        for members in groups.values():
+            if len(members) == 1:
+                position = members[0][0]
+                results[position] = self._run_one(*calls[position])
+                continue
+            self._run_stacked(calls, members, results)
+        return results
+
+    def _run_one(
+        self, inputs: Sequence[Tensor], outputs: Sequence[str]
+    ) -> list[Tensor] | Exception:
+        try:
+            return self.run(inputs, outputs)
+        except Exception as exc:  # noqa: BLE001 - handed back as this call's outcome
+            return exc
+
+    def _run_stacked(
+        self,
+        calls: Sequence[Call],
+        members: list[tuple[int, dict[str, npt.NDArray[Any]]]],
+        results: list[list[Tensor] | Exception],
+    ) -> None:
+        rows = [next(iter(feeds.values())).shape[0] for _, feeds in members]
+        total = sum(rows)
+        stacked = {
+            name: np.concatenate([feeds[name] for _, feeds in members]) for name in self._inputs
+        }
+        with self._lock:
+            try:
+                produced = self._invoke(stacked, self._outputs)
+            except Exception as exc:  # noqa: BLE001 - every call of the batch gets it
+                for position, _ in members:
+                    results[position] = exc
+                return
+            finally:
+                self.last_used = time.monotonic()
+        if any(array.shape[:1] != (total,) for array in produced):
+            # The outputs do not follow the input rows: never stack this model again.
+            self.batchable = False
+            for position, _ in members:
+                results[position] = self._run_one(*calls[position])
+            return
+        by_name = dict(zip((port.name for port in self._outputs), produced, strict=True))
+        start = 0
+        for (position, _), count in zip(members, rows, strict=True):
+            wanted = self._check_outputs(calls[position][1])
+            results[position] = [
+                Tensor(
+                    name=port.name,
+                    datatype=port.datatype,
+                    shape=(count, *by_name[port.name].shape[1:]),
+                    data=by_name[port.name][start : start + count],
+                )
+                for port in wanted
+            ]
+            start += count
 
     def _check_inputs(self, inputs: Sequence[Tensor]) -> dict[str, npt.NDArray[Any]]:
         feeds: dict[str, npt.NDArray[Any]] = {}
@@ -249,6 +342,30 @@ class LoadedModel:
         interpreter.invoke()
         # get_tensor copies, so the arrays stay valid after the next invoke.
         return [interpreter.get_tensor(port.index) for port in wanted]
+
+
+def _arena_bytes(interpreter: Any) -> int:
+    """Bytes of the tensors the interpreter computes (inputs and every op's outputs).
+
+    Weights live in the model bytes and are counted there; this adds the
+    activations LiteRT allocates, at the shapes allocated now. Reads LiteRT's
+    op details (a private but stable accessor); 0 when they are unavailable.
+    """
+    try:
+        ops = interpreter._get_ops_details()  # noqa: SLF001 - no public accessor
+        details = {int(d["index"]): d for d in interpreter.get_tensor_details()}
+    except (AttributeError, RuntimeError, ValueError):
+        return 0
+    computed = {int(d["index"]) for d in interpreter.get_input_details()}
+    for op in ops:
+        computed.update(int(index) for index in op["outputs"])
+    total = 0
+    for index in computed:
+        detail = details.get(index)
+        if detail is not None:
+            count = int(np.prod(detail["shape"])) if len(detail["shape"]) else 1
+            total += count * np.dtype(detail["dtype"]).itemsize
+    return total
 
 
 def _check_shape(port: _Port, shape: tuple[int, ...]) -> None:

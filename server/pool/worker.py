@@ -15,6 +15,8 @@ does, whichever way the parent ends.
 Inference runs on one thread per process (the interpreters use one thread
 each, and the pool starts one worker per CPU), never on the event loop, so a
 long invocation or a model being loaded does not delay ``Ping`` or ``Status``.
+Calls reach that thread through one ``Batcher`` per model, which stacks
+concurrent calls into one invocation (``server.pool.batcher``).
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
 
 from protos import worker_pb2, worker_pb2_grpc
+from server.pool.batcher import Batcher, BatchStats
 from server.pool.cache import ModelCache
 from server.pool.errors import (
     DEADLINE_EXCEEDED,
@@ -77,16 +81,63 @@ def rss_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """How a worker groups calls per model (see ``server.pool.batcher``)."""
+
+    max_batch: int = 32
+    max_delay: float = 0.0
+    max_queue: int = 1024
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BatchPolicy:
+        """The policy the operator configured."""
+        return cls(
+            max_batch=settings.batch_max_size,
+            max_delay=settings.batch_max_delay_ms / 1000,
+            max_queue=settings.worker_max_queue,
+        )
+
+
 class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # generated, untyped
     """The ``sealserve.worker.v1.Worker`` service of one process."""
 
-    def __init__(self, *, cache: ModelCache, instance_id: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        cache: ModelCache,
+        instance_id: str | None = None,
+        batching: BatchPolicy | None = None,
+    ) -> None:
         self._cache = cache
         self.instance_id = instance_id or uuid.uuid4().hex
         self.draining = False
         self._in_flight = 0
+        self._batching = batching or BatchPolicy()
+        self._batchers: dict[ModelKey, Batcher] = {}
+        self._stats: dict[ModelKey, BatchStats] = {}
+        cache.on_evict = self.forget
         # One inference thread: see the module docstring.
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="sealserve-infer")
+
+    def forget(self, key: ModelKey) -> None:
+        """Drop the batch queue of an evicted model (its waiting calls still finish)."""
+        self._batchers.pop(key, None)
+
+    def _batcher(self, key: ModelKey, model: LoadedModel) -> Batcher:
+        batcher = self._batchers.get(key)
+        if batcher is None or batcher.model is not model:
+            stats = self._stats.setdefault(key, BatchStats())
+            batcher = Batcher(
+                model,
+                executor=self._inference,
+                max_batch=self._batching.max_batch,
+                max_delay=self._batching.max_delay,
+                max_queue=self._batching.max_queue,
+                stats=stats,
+            )
+            self._batchers[key] = batcher
+        return batcher
 
     def close(self) -> None:
         """Release the threads (after the server stopped)."""
@@ -115,14 +166,13 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
             except InvalidRequest as exc:
                 raise CallFailed(INVALID_INPUT, exc.message) from None
             model = await self._model(key, deadline)
-            model.in_flight += 1
+            self._cache.hold(model)
             try:
-                loop = asyncio.get_running_loop()
-                outputs = await loop.run_in_executor(
-                    self._inference, model.run, inputs, list(call.outputs)
+                outputs = await self._batcher(key, model).submit(
+                    inputs, list(call.outputs), deadline=deadline
                 )
             finally:
-                model.in_flight -= 1
+                self._cache.release(model)
             return worker_pb2.InferResult(outputs=[tensor_to_pb(tensor) for tensor in outputs])
         except CallFailed as exc:
             return worker_pb2.InferResult(error=exc.to_pb())
@@ -179,9 +229,27 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
         del request, context
         return worker_pb2.StatusResponse(
             instance_id=self.instance_id,
-            models=[_loaded_pb(key, model) for key, model in self._cache.items()],
+            models=[
+                _loaded_pb(key, model, self._batchers.get(key))
+                for key, model in self._cache.items()
+            ],
             in_flight=self._in_flight,
-            memory=worker_pb2.Memory(rss_bytes=rss_bytes(), models_bytes=self._cache.bytes_used),
+            memory=worker_pb2.Memory(
+                rss_bytes=rss_bytes(),
+                models_bytes=self._cache.bytes_used,
+                budget_bytes=self._cache.budget_bytes,
+            ),
+            evictions=self._cache.evictions,
+            batching=[
+                worker_pb2.BatchStats(
+                    model=key_to_pb(key),
+                    calls=stats.calls,
+                    batches=stats.batches,
+                    rows=stats.rows,
+                    size_buckets=stats.buckets,
+                )
+                for key, stats in self._stats.items()
+            ],
         )
 
     async def Ping(  # noqa: N802 - gRPC method name
@@ -192,12 +260,15 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
         return worker_pb2.PingResponse(instance_id=self.instance_id, draining=self.draining)
 
 
-def _loaded_pb(key: ModelKey, model: LoadedModel) -> worker_pb2.LoadedModel:
+def _loaded_pb(
+    key: ModelKey, model: LoadedModel, batcher: Batcher | None = None
+) -> worker_pb2.LoadedModel:
     return worker_pb2.LoadedModel(
         model=key_to_pb(key),
         bytes_used=model.bytes_used,
         idle_ms=int(model.idle_seconds() * 1000),
         in_flight=model.in_flight,
+        queued=0 if batcher is None or batcher.model is not model else batcher.queued,
     )
 
 
@@ -217,8 +288,11 @@ async def serve(address: str, settings: Settings, *, parent_lifeline: bool = Fal
 
     container = build_container(settings)
     registry = container.registry
-    cache = ModelCache(open_model=lambda key: registry.open_version(key.tenant_id, key.version_id))
-    service = WorkerService(cache=cache)
+    cache = ModelCache(
+        open_model=lambda key: registry.open_version(key.tenant_id, key.version_id),
+        budget_bytes=settings.worker_memory_budget_mb * 1024 * 1024,
+    )
+    service = WorkerService(cache=cache, batching=BatchPolicy.from_settings(settings))
     server = create_server(service, address)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

@@ -84,7 +84,7 @@ def test_missing_version_is_model_not_found_and_not_remembered() -> None:
         assert caught.value.code == MODEL_NOT_FOUND
         model, started = await cache.get(KEY)
         assert started
-        assert model.bytes_used == len(CONTENT)
+        assert model.bytes_used > len(CONTENT)
 
     asyncio.run(scenario())
     assert opener.calls == 2
@@ -128,10 +128,82 @@ def test_unload_forgets_and_is_idempotent() -> None:
     """Unload reports whether the model was loaded, and sizes follow."""
     cache = ModelCache(open_model=Opener())
     asyncio.run(cache.get(KEY))
-    assert cache.bytes_used == len(CONTENT)
+    assert cache.bytes_used > len(CONTENT)
     assert [key for key, _ in cache.items()] == [KEY]
     assert cache.unload(KEY) is True
     assert cache.unload(KEY) is False
     assert cache.bytes_used == 0
     assert cache.loaded(KEY) is None
     cache.close()
+
+
+def _keys(count: int) -> list[ModelKey]:
+    return [ModelKey("tenant", f"v{i}") for i in range(count)]
+
+
+def test_budget_evicts_the_least_recently_used_idle_model() -> None:
+    """With room for two models, loading a third evicts the one used longest ago."""
+    size = LoadedModelSize.of(CONTENT)
+    evicted: list[ModelKey] = []
+    cache = ModelCache(open_model=Opener(), budget_bytes=2 * size + 100, on_evict=evicted.append)
+    a, b, c = _keys(3)
+
+    async def scenario() -> None:
+        await cache.get(a)
+        await cache.get(b)
+        assert cache.loaded(a) is not None  # a is now the most recently used
+        await cache.get(c)
+
+    asyncio.run(scenario())
+    assert [key for key, _ in cache.items()] == [a, c]
+    assert evicted == [b]
+    assert cache.evictions == 1
+    assert cache.bytes_used <= cache.budget_bytes
+    cache.close()
+
+
+def test_a_busy_model_is_not_evicted_until_released() -> None:
+    """A load that needs a busy model's room waits for its call to finish, then evicts it."""
+    size = LoadedModelSize.of(CONTENT)
+    cache = ModelCache(open_model=Opener(), budget_bytes=size + 100)
+    a, b = _keys(2)
+
+    async def scenario() -> None:
+        model, _ = await cache.get(a)
+        cache.hold(model)
+        loading = asyncio.create_task(cache.get(b))
+        await asyncio.sleep(0.1)
+        assert not loading.done()
+        assert a in cache
+        cache.release(model)
+        await loading
+
+    asyncio.run(scenario())
+    assert [key for key, _ in cache.items()] == [b]
+    cache.close()
+
+
+def test_model_larger_than_the_budget_is_refused() -> None:
+    """A model that cannot fit even alone fails to load, naming the budget."""
+    cache = ModelCache(open_model=Opener(), budget_bytes=1024)
+
+    async def scenario() -> None:
+        with pytest.raises(CallFailed) as caught:
+            await cache.get(KEY)
+        assert caught.value.code == LOAD_FAILED
+        assert "budget" in caught.value.message
+
+    asyncio.run(scenario())
+    assert cache.bytes_used == 0
+    cache.close()
+
+
+class LoadedModelSize:
+    """The bytes a loaded demo model is accounted at."""
+
+    @staticmethod
+    def of(content: bytes) -> int:
+        """Load once and read its size."""
+        from server.pool.runtime import LoadedModel
+
+        return LoadedModel.load(content).bytes_used

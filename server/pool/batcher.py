@@ -1,0 +1,179 @@
+"""Dynamic batching inside a worker: one queue per loaded model, drained into its interpreter.
+
+Calls for a model wait in its queue while the worker's inference thread is
+busy; when the thread is free the batcher takes what waits (up to
+``max_batch`` rows) and hands it over in one step, which ``LoadedModel.run_many``
+stacks into a single invocation where the model has a batch dimension. So
+batching costs nothing at low load (a lone call runs at once) and grows with
+the load, which is when it pays. ``max_delay`` optionally holds a short batch
+back to let it fill; the default (0) never waits on purpose.
+
+The queue is bounded (``max_queue`` calls): past it a call is refused at once
+as ``OVERLOADED`` rather than left to wait out its deadline. A call whose
+budget ran out while it waited is answered ``DEADLINE_EXCEEDED`` without
+being run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from server.pool.errors import DEADLINE_EXCEEDED, OVERLOADED, CallFailed
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from concurrent.futures import Executor
+
+    from server.pool.runtime import LoadedModel
+    from server.service.types import Tensor
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""Upper bounds of the batch-size histogram a worker reports (rows per invocation)."""
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """What a model's batcher has run: calls, invocations and their sizes (rows)."""
+
+    calls: int = 0
+    batches: int = 0
+    rows: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
+
+    def record(self, calls: int, rows: int) -> None:
+        """Count one invocation of ``calls`` calls totalling ``rows`` rows."""
+        self.calls += calls
+        self.batches += 1
+        self.rows += rows
+        for index, bound in enumerate(BATCH_BUCKETS):
+            if rows <= bound:
+                self.buckets[index] += 1
+                return
+        self.buckets[-1] += 1
+
+
+@dataclass(slots=True)
+class _Waiting:
+    inputs: Sequence[Tensor]
+    outputs: Sequence[str]
+    rows: int
+    deadline: float | None
+    future: asyncio.Future[list[Tensor]]
+
+
+class Batcher:
+    """The queue in front of one loaded model."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        executor: Executor,
+        max_batch: int,
+        max_delay: float,
+        max_queue: int,
+        stats: BatchStats | None = None,
+    ) -> None:
+        self.model = model
+        self._executor = executor
+        self._max_batch = max_batch
+        self._max_delay = max_delay
+        self._max_queue = max_queue
+        self._queue: deque[_Waiting] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
+        self.stats = stats or BatchStats()
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for the interpreter (not counting the batch running now)."""
+        return len(self._queue)
+
+    async def submit(
+        self, inputs: Sequence[Tensor], outputs: Sequence[str], *, deadline: float | None
+    ) -> list[Tensor]:
+        """Queue one call and wait for its outputs; raises its ``CallFailed`` or error."""
+        if len(self._queue) >= self._max_queue:
+            raise CallFailed(OVERLOADED, "the model's queue on this worker is full")
+        loop = asyncio.get_running_loop()
+        rows = _rows(inputs) if self.model.batchable else 1
+        waiting = _Waiting(inputs, outputs, rows, deadline, loop.create_future())
+        self._queue.append(waiting)
+        self._arrived.set()
+        if self._task is None:
+            self._task = loop.create_task(self._drain())
+        return await waiting.future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                if self._max_delay > 0:
+                    await self._fill(self._queue[0], loop)
+                batch = self._take()
+                if not batch:
+                    continue
+                calls = [(waiting.inputs, waiting.outputs) for waiting in batch]
+                try:
+                    results = await loop.run_in_executor(self._executor, self.model.run_many, calls)
+                except Exception as exc:  # noqa: BLE001 - every waiting call gets it
+                    for waiting in batch:
+                        _settle(waiting.future, exc)
+                    continue
+                self.stats.record(len(batch), sum(waiting.rows for waiting in batch))
+                for waiting, result in zip(batch, results, strict=True):
+                    _settle(waiting.future, result)
+        finally:
+            self._task = None
+
+    async def _fill(self, first: _Waiting, loop: asyncio.AbstractEventLoop) -> None:
+        """Hold a short batch back until it is full or ``max_delay`` passed since now."""
+        until = loop.time() + self._max_delay
+        while sum(w.rows for w in self._queue) < self._max_batch and self._queue[0] is first:
+            left = until - loop.time()
+            if left <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Waiting]:
+        """Calls for the next invocation: at least one, at most ``max_batch`` rows."""
+        batch: list[_Waiting] = []
+        rows = 0
+        clock = time.monotonic()
+        while self._queue:
+            waiting = self._queue[0]
+            if batch and rows + waiting.rows > self._max_batch:
+                break
+            self._queue.popleft()
+            if waiting.future.done():  # the caller went away
+                continue
+            if waiting.deadline is not None and clock >= waiting.deadline:
+                waiting.future.set_exception(
+                    CallFailed(DEADLINE_EXCEEDED, "the call's time ran out while it was queued")
+                )
+                continue
+            batch.append(waiting)
+            rows += waiting.rows
+        return batch
+
+
+def _rows(inputs: Sequence[Tensor]) -> int:
+    shape = inputs[0].data.shape if inputs else ()
+    return int(shape[0]) if shape else 1
+
+
+def _settle(future: asyncio.Future[list[Tensor]], result: list[Tensor] | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

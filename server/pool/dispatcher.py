@@ -1,0 +1,184 @@
+"""Coalescing in the gateway: concurrent calls to one worker share one ``Infer`` RPC.
+
+A gRPC round trip over the Unix socket costs far more than a small model's
+invocation (hundreds of microseconds against a few), so sending every call
+as its own RPC makes the hop the bottleneck. Each worker gets a
+``Coalescer``: at most ``max_rpcs`` RPCs in flight; a call that arrives
+while they are all busy waits, and when one returns every waiting call (up
+to ``max_calls``) leaves in the next RPC. At low load a call is sent at once
+(nothing waits, nothing is added); under load the calls per RPC grow with
+the load, which is what the worker's batcher then stacks into one invocation.
+
+The waiting list is bounded (``max_pending``): past it a call is refused as
+``Overloaded``. When the worker dies, waiting calls fail with ``WorkerGone``
+and the pool retries them elsewhere, like calls of a failed RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from protos import worker_pb2
+from server.pool.errors import INTERNAL_MESSAGE
+from server.service.errors import DeadlineExceeded, Overloaded, WorkerCrashed
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+RPC_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+"""Upper bounds of the calls-per-RPC histogram."""
+
+
+class WorkerGone(Exception):  # noqa: N818 - an outcome, retried by the pool like UNAVAILABLE
+    """The worker went away before the call could be sent to it."""
+
+
+@dataclass(slots=True)
+class _Waiting:
+    call: worker_pb2.InferCall
+    deadline: float
+    future: asyncio.Future[worker_pb2.InferResult]
+
+
+class RpcStats:
+    """Infer RPCs sent and how many calls each carried (a histogram over ``RPC_SIZE_BUCKETS``)."""
+
+    def __init__(self) -> None:
+        self.rpcs = 0
+        self.calls = 0
+        self.buckets = [0] * (len(RPC_SIZE_BUCKETS) + 1)
+
+    def record(self, calls: int) -> None:
+        """Count one RPC carrying ``calls`` calls."""
+        self.rpcs += 1
+        self.calls += calls
+        for index, bound in enumerate(RPC_SIZE_BUCKETS):
+            if calls <= bound:
+                self.buckets[index] += 1
+                return
+        self.buckets[-1] += 1
+
+
+class Coalescer:
+    """The calls on their way to one worker."""
+
+    def __init__(
+        self,
+        stub: Callable[[], Any],
+        *,
+        max_rpcs: int,
+        max_calls: int,
+        max_pending: int,
+        stats: RpcStats,
+    ) -> None:
+        self._stub = stub
+        self._max_rpcs = max_rpcs
+        self._max_calls = max_calls
+        self._max_pending = max_pending
+        self._stats = stats
+        self._waiting: deque[_Waiting] = deque()
+        self._rpcs = 0
+        self._scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+
+    @property
+    def waiting(self) -> int:
+        """Calls held in the gateway for this worker (not yet sent)."""
+        return len(self._waiting)
+
+    async def call(self, call: worker_pb2.InferCall, deadline: float) -> worker_pb2.InferResult:
+        """Send ``call`` (alone or with others) and return its result.
+
+        Raises ``grpc.aio.AioRpcError`` when the RPC failed, ``WorkerGone``
+        when the worker died first, ``Overloaded`` when too many calls wait.
+        """
+        if len(self._waiting) >= self._max_pending:
+            raise Overloaded("too many calls are waiting for the inference workers")
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(call, deadline, loop.create_future())
+        self._waiting.append(waiting)
+        if self._rpcs < self._max_rpcs and not self._scheduled:
+            # On the next turn of the loop, so calls parsed in this one go together.
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await waiting.future
+
+    def fail_waiting(self) -> None:
+        """The worker died: every call not yet sent fails as retryable."""
+        while self._waiting:
+            waiting = self._waiting.popleft()
+            if not waiting.future.done():
+                waiting.future.set_exception(WorkerGone())
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        loop = asyncio.get_running_loop()
+        while self._waiting and self._rpcs < self._max_rpcs:
+            now = loop.time()
+            batch: list[_Waiting] = []
+            while self._waiting and len(batch) < self._max_calls:
+                waiting = self._waiting.popleft()
+                if waiting.future.done():
+                    continue
+                left = waiting.deadline - now
+                if left <= 0:
+                    waiting.future.set_exception(
+                        DeadlineExceeded("the inference call ran out of time")
+                    )
+                    continue
+                waiting.call.timeout_ms = max(1, min(int(left * 1000), 2**32 - 1))
+                batch.append(waiting)
+            if not batch:
+                continue
+            stub = self._stub()
+            if stub is None:
+                for waiting in batch:
+                    waiting.future.set_exception(WorkerGone())
+                continue
+            self._rpcs += 1
+            task = loop.create_task(self._send(stub, batch, max(w.deadline for w in batch) - now))
+            self._sending.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, stub: Any, batch: list[_Waiting], timeout: float) -> None:
+        try:
+            self._stats.record(len(batch))
+            request = worker_pb2.InferRequest(calls=[waiting.call for waiting in batch])
+            try:
+                reply = await stub.Infer(request, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                for waiting in batch:
+                    _settle(waiting.future, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+                for waiting in batch:
+                    _settle(waiting.future, exc)
+                return
+            if len(reply.results) != len(batch):
+                error = WorkerCrashed(
+                    INTERNAL_MESSAGE, detail=f"{len(reply.results)} results for {len(batch)} calls"
+                )
+                for waiting in batch:
+                    _settle(waiting.future, error)
+                return
+            for waiting, result in zip(batch, reply.results, strict=True):
+                _settle(waiting.future, result)
+        finally:
+            self._rpcs -= 1
+            if self._waiting and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -1,0 +1,144 @@
+"""Concurrent calls for one model are stacked into few invocations, each answered on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from server.pool.batcher import Batcher, BatchStats
+from server.pool.errors import DEADLINE_EXCEEDED, INVALID_INPUT, OVERLOADED, CallFailed
+from server.pool.runtime import LoadedModel
+from server.service.types import Tensor
+
+from .conftest import DIGITS, Digits, Reference
+
+
+def _input(x: np.ndarray, name: str = "input") -> Tensor:
+    return Tensor(name=name, datatype="FP32", shape=tuple(x.shape), data=x)
+
+
+@pytest.fixture
+def model() -> LoadedModel:
+    """A fresh demo model per test (batching may mark a model unbatchable)."""
+    return LoadedModel.load(DIGITS.read_bytes())
+
+
+def test_run_many_stacks_calls_and_splits_rows_back(
+    model: LoadedModel, digits: Digits, reference: Reference
+) -> None:
+    """Calls of 1, 3 and 2 rows run as one batch of 6 and each gets exactly its own rows."""
+    sizes = [1, 3, 2]
+    starts = np.cumsum([0, *sizes])
+    calls = [([_input(digits.x_test[a:b])], []) for a, b in itertools.pairwise(starts)]
+    results = model.run_many(calls)
+    for (a, b), result in zip(itertools.pairwise(starts), results, strict=True):
+        assert not isinstance(result, Exception)
+        (out,) = result
+        assert out.shape == (b - a, 10)
+        assert np.allclose(out.data, reference(digits.x_test[a:b]), atol=1e-6)
+    assert model.batchable
+
+
+def test_run_many_keeps_a_misfit_call_apart(model: LoadedModel, digits: Digits) -> None:
+    """A call with a wrong input fails alone; its neighbours are answered."""
+    good = ([_input(digits.x_test[:1])], [])
+    bad = ([_input(digits.x_test[:1], name="nope")], [])
+    results = model.run_many([good, bad, good])
+    assert isinstance(results[1], CallFailed)
+    assert results[1].code == INVALID_INPUT
+    assert not isinstance(results[0], Exception)
+    assert not isinstance(results[2], Exception)
+
+
+def test_batcher_groups_waiting_calls(
+    model: LoadedModel, digits: Digits, reference: Reference
+) -> None:
+    """Calls queued while the interpreter is busy go in one invocation, up to max_batch rows."""
+    executor = ThreadPoolExecutor(1)
+    gate = threading.Event()
+    stats = BatchStats()
+
+    async def scenario() -> list[list[Tensor]]:
+        batcher = Batcher(
+            model, executor=executor, max_batch=8, max_delay=0, max_queue=100, stats=stats
+        )
+        executor.submit(gate.wait, 5)  # the inference thread is busy
+        calls = [
+            asyncio.ensure_future(
+                batcher.submit([_input(digits.x_test[i : i + 1])], [], deadline=None)
+            )
+            for i in range(12)
+        ]
+        await asyncio.sleep(0.05)
+        assert batcher.queued == 4  # 8 went to the (busy) thread together
+        gate.set()
+        return await asyncio.gather(*calls)
+
+    results = asyncio.run(scenario())
+    executor.shutdown()
+    for i, (out,) in enumerate(results):
+        assert np.allclose(out.data, reference(digits.x_test[i : i + 1]), atol=1e-6)
+    assert (stats.calls, stats.batches, stats.rows) == (12, 2, 12)
+
+
+def test_full_queue_is_overloaded_and_expired_calls_are_not_run(
+    model: LoadedModel, digits: Digits
+) -> None:
+    """Past max_queue a call is refused at once; a call out of time while queued is not run."""
+    executor = ThreadPoolExecutor(1)
+    gate = threading.Event()
+
+    async def scenario() -> None:
+        batcher = Batcher(model, executor=executor, max_batch=4, max_delay=0, max_queue=2)
+        executor.submit(gate.wait, 5)
+        loop = asyncio.get_running_loop()
+        x = [_input(digits.x_test[:1])]
+        expired = asyncio.ensure_future(batcher.submit(x, [], deadline=0.0))
+        kept = asyncio.ensure_future(batcher.submit(x, [], deadline=None))
+        await asyncio.sleep(0)
+        with pytest.raises(CallFailed) as refused:
+            await batcher.submit(x, [], deadline=None)
+        assert refused.value.code == OVERLOADED
+        gate.set()
+        with pytest.raises(CallFailed) as late:
+            await expired
+        assert late.value.code == DEADLINE_EXCEEDED
+        assert (await kept)[0].shape == (1, 10)
+        del loop
+
+    asyncio.run(scenario())
+    executor.shutdown()
+
+
+def test_max_delay_holds_a_lone_call_to_fill_a_batch(model: LoadedModel, digits: Digits) -> None:
+    """With a queue delay, calls arriving within it share one invocation."""
+    executor = ThreadPoolExecutor(1)
+    stats = BatchStats()
+
+    async def scenario() -> None:
+        batcher = Batcher(
+            model, executor=executor, max_batch=4, max_delay=0.05, max_queue=10, stats=stats
+        )
+        x = [_input(digits.x_test[:1])]
+        first = asyncio.ensure_future(batcher.submit(x, [], deadline=None))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(batcher.submit(x, [], deadline=None))
+        await asyncio.gather(first, second)
+
+    asyncio.run(scenario())
+    executor.shutdown()
+    assert (stats.calls, stats.batches) == (2, 1)
+
+
+def test_model_without_batch_dimension_runs_calls_one_by_one(digits: Digits) -> None:
+    """A model whose outputs do not follow the rows is marked unbatchable and still answers."""
+    model = LoadedModel.load(DIGITS.read_bytes())
+    model.batchable = False
+    calls = [([_input(digits.x_test[i : i + 1])], []) for i in range(3)]
+    results = model.run_many(calls)
+    assert all(not isinstance(r, Exception) and r[0].shape == (1, 10) for r in results)

@@ -1,0 +1,117 @@
+"""Calls that arrive while a worker's RPCs are busy leave together in the next one."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from protos import worker_pb2
+from server.pool.dispatcher import Coalescer, RpcStats, WorkerGone
+from server.service.errors import DeadlineExceeded, Overloaded
+
+
+class Stub:
+    """A worker stub whose Infer answers each call with its request id, when released."""
+
+    def __init__(self) -> None:
+        self.requests: list[list[str]] = []
+        self.release = asyncio.Event()
+
+    async def Infer(  # noqa: N802 - the gRPC method name
+        self, request: worker_pb2.InferRequest, timeout: float
+    ) -> worker_pb2.InferResponse:
+        """Record the calls, wait for the test, echo each request id as an output name."""
+        assert timeout > 0
+        self.requests.append([call.request_id for call in request.calls])
+        await self.release.wait()
+        return worker_pb2.InferResponse(
+            results=[
+                worker_pb2.InferResult(outputs=[worker_pb2.Tensor(name=call.request_id)])
+                for call in request.calls
+            ]
+        )
+
+
+def call(name: str) -> worker_pb2.InferCall:
+    """A call recognisable by its request id."""
+    return worker_pb2.InferCall(request_id=name)
+
+
+def coalescer(stub: Stub | None, stats: RpcStats, **limits: int) -> Coalescer:
+    """A coalescer over ``stub`` with one RPC in flight unless told otherwise."""
+    options = {"max_rpcs": 1, "max_calls": 64, "max_pending": 100} | limits
+    return Coalescer(lambda: stub, stats=stats, **options)
+
+
+def test_waiting_calls_share_the_next_rpc() -> None:
+    """One call goes alone; the three that arrive meanwhile go in one RPC; each gets its own result."""
+    stats = RpcStats()
+
+    async def scenario() -> tuple[Stub, list[str]]:
+        stub = Stub()
+        sender = coalescer(stub, stats)
+        deadline = asyncio.get_running_loop().time() + 5
+        first = asyncio.ensure_future(sender.call(call("a"), deadline))
+        await asyncio.sleep(0.01)
+        rest = [asyncio.ensure_future(sender.call(call(n), deadline)) for n in "bcd"]
+        await asyncio.sleep(0.01)
+        assert sender.waiting == 3
+        stub.release.set()
+        results = await asyncio.gather(first, *rest)
+        return stub, [result.outputs[0].name for result in results]
+
+    stub, names = asyncio.run(scenario())
+    assert stub.requests == [["a"], ["b", "c", "d"]]
+    assert names == ["a", "b", "c", "d"]
+    assert (stats.rpcs, stats.calls) == (2, 4)
+
+
+def test_max_calls_splits_a_long_queue() -> None:
+    """No RPC carries more than max_calls calls."""
+
+    async def scenario() -> Stub:
+        stub = Stub()
+        stub.release.set()
+        sender = coalescer(stub, RpcStats(), max_calls=2)
+        deadline = asyncio.get_running_loop().time() + 5
+        await asyncio.gather(*(sender.call(call(n), deadline) for n in "abcde"))
+        return stub
+
+    assert [len(r) for r in asyncio.run(scenario()).requests] == [2, 2, 1]
+
+
+def test_bounded_queue_and_dead_worker() -> None:
+    """Past max_pending a call is Overloaded; waiting calls of a dead worker fail as WorkerGone."""
+
+    async def scenario() -> None:
+        stub = Stub()
+        sender = coalescer(stub, RpcStats(), max_pending=2)
+        deadline = asyncio.get_running_loop().time() + 5
+        running = asyncio.ensure_future(sender.call(call("a"), deadline))
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.ensure_future(sender.call(call(n), deadline)) for n in "bc"]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await sender.call(call("d"), deadline)
+        sender.fail_waiting()
+        for future in waiting:
+            with pytest.raises(WorkerGone):
+                await future
+        stub.release.set()
+        await running
+
+    asyncio.run(scenario())
+
+
+def test_no_stub_or_no_time_left() -> None:
+    """A worker without a channel fails the call as WorkerGone; an expired call is DeadlineExceeded."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        with pytest.raises(WorkerGone):
+            await coalescer(None, RpcStats()).call(call("a"), loop.time() + 5)
+        with pytest.raises(DeadlineExceeded):
+            await coalescer(Stub(), RpcStats()).call(call("a"), loop.time() - 1)
+
+    asyncio.run(scenario())
