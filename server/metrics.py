@@ -1,8 +1,49 @@
-"""Prometheus metrics, in a registry per process (not the library's global one)."""
+"""Prometheus metrics, in a registry per process (not the library's global one).
+
+Two kinds of family. Those counted on the call path (HTTP, gRPC, inference
+per tenant and model, limits) are ordinary ``prometheus_client`` metrics.
+Those describing the workers (state, memory, evictions, queues, batch
+sizes) are read at scrape time from the pool's last ``Status`` snapshot by
+``PoolCollector``, so a scrape costs no RPC and the call path no work.
+
+Labels: ``tenant`` is the tenant id (names can change, ids cannot); ``model``
+and ``version`` are the model's name and version number in that tenant.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from prometheus_client import Metric
+
+    from server.pool.dispatcher import RpcStats
+    from server.pool.pool import WorkerStatus
+    from server.service.types import ModelKey
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""Rows per interpreter invocation; must match ``server.pool.batcher.BATCH_BUCKETS``."""
+RPC_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+"""Calls per worker RPC; must match ``server.pool.dispatcher.RPC_SIZE_BUCKETS``."""
+
+
+class PoolView(Protocol):
+    """What the collector reads of the worker pool."""
+
+    @property
+    def snapshot(self) -> Sequence[WorkerStatus]:
+        """Every worker's last status."""
+
+    @property
+    def rpc_stats(self) -> RpcStats:
+        """Infer RPCs and calls per RPC."""
 
 
 class Metrics:
@@ -20,7 +61,7 @@ class Metrics:
             "sealserve_http_request_seconds",
             "HTTP request latency by route template.",
             ["route"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.grpc_requests = Counter(
@@ -29,3 +70,136 @@ class Metrics:
             ["method", "code"],
             registry=self.registry,
         )
+        self.inference_requests = Counter(
+            "sealserve_inference_requests_total",
+            "Inference calls by tenant, model, version and outcome (ok or the error's code).",
+            ["tenant", "model", "version", "outcome"],
+            registry=self.registry,
+        )
+        self.inference_latency = Histogram(
+            "sealserve_inference_seconds",
+            "Inference latency in the service layer (validation, limits, worker), by model.",
+            ["tenant", "model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.limited = Counter(
+            "sealserve_tenant_limited_total",
+            "Inference calls refused by a tenant's limits, by reason (concurrency or rate).",
+            ["tenant", "reason"],
+            registry=self.registry,
+        )
+        self.names: dict[str, tuple[str, str]] = {}
+        """Model version id -> (model name, version): labels for what workers report."""
+
+    def watch_pool(self, pool: PoolView) -> None:
+        """Export the pool's worker state on every scrape."""
+        self.registry.register(PoolCollector(pool, self.names))
+
+
+class PoolCollector(Collector):
+    """Worker families built from the pool's last status snapshot at scrape time."""
+
+    def __init__(self, pool: PoolView, names: dict[str, tuple[str, str]]) -> None:
+        self._pool = pool
+        self._names = names
+
+    def _labels(self, key: ModelKey) -> list[str]:
+        model, version = self._names.get(key.version_id, (key.version_id, ""))
+        return [key.tenant_id, model, version]
+
+    def describe(self) -> Iterator[Metric]:
+        """Nothing up front: families depend on the snapshot."""
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        """The worker families for the current snapshot."""
+        workers = list(self._pool.snapshot)
+        yield from self._workers(workers)
+        yield from self._models(workers)
+        stats = self._pool.rpc_stats
+        rpc = HistogramMetricFamily(
+            "sealserve_worker_rpc_calls",
+            "Client calls carried per Infer RPC to a worker (gateway coalescing).",
+            labels=[],
+        )
+        rpc.add_metric([], _cumulative(RPC_BUCKETS, stats.buckets), stats.calls)
+        yield rpc
+
+    def _workers(self, workers: list[WorkerStatus]) -> Iterator[Metric]:
+        gauges = {
+            "up": "Whether the worker is live (1) or starting, dead or stopped (0).",
+            "in_flight": "Calls sent to the worker and not answered.",
+            "waiting": "Calls held in the gateway for the worker, not yet sent.",
+            "rss_bytes": "Resident memory of the worker process.",
+            "model_bytes": "Memory attributed to the models the worker holds.",
+            "memory_budget_bytes": "The worker's memory budget for models (0: none).",
+            "models": "Models the worker holds.",
+        }
+        families = {
+            name: GaugeMetricFamily(f"sealserve_worker_{name}", text, labels=["worker"])
+            for name, text in gauges.items()
+        }
+        restarts = CounterMetricFamily(
+            "sealserve_worker_restarts", "Times the worker was restarted.", labels=["worker"]
+        )
+        evictions = CounterMetricFamily(
+            "sealserve_worker_evictions",
+            "Models the worker evicted to stay within its memory budget.",
+            labels=["worker"],
+        )
+        for worker in workers:
+            label = [str(worker.index)]
+            families["up"].add_metric(label, 1.0 if worker.state == "live" else 0.0)
+            families["in_flight"].add_metric(label, worker.in_flight)
+            families["waiting"].add_metric(label, worker.waiting)
+            if worker.rss_bytes is not None:
+                families["rss_bytes"].add_metric(label, worker.rss_bytes)
+                families["model_bytes"].add_metric(label, worker.models_bytes)
+                families["memory_budget_bytes"].add_metric(label, worker.budget_bytes)
+                families["models"].add_metric(label, len(worker.models))
+            restarts.add_metric(label, worker.restarts)
+            evictions.add_metric(label, worker.evictions)
+        yield from families.values()
+        yield restarts
+        yield evictions
+
+    def _models(self, workers: list[WorkerStatus]) -> Iterator[Metric]:
+        labels = ["tenant", "model", "version"]
+        queued = GaugeMetricFamily(
+            "sealserve_model_queue_depth",
+            "Calls waiting in a model's batch queue, over all workers.",
+            labels=labels,
+        )
+        depth: dict[tuple[str, ...], int] = {}
+        batches: dict[tuple[str, ...], tuple[list[int], int]] = {}
+        for worker in workers:
+            for model in worker.models:
+                key = tuple(self._labels(model.key))
+                depth[key] = depth.get(key, 0) + model.queued
+            for batch in worker.batching:
+                key = tuple(self._labels(batch.key))
+                counts, rows = batches.get(key, ([0] * (len(BATCH_BUCKETS) + 1), 0))
+                merged = [a + b for a, b in zip(counts, batch.size_buckets, strict=False)]
+                batches[key] = (merged, rows + batch.rows)
+        for key, value in depth.items():
+            queued.add_metric(list(key), value)
+        yield queued
+        family = HistogramMetricFamily(
+            "sealserve_batch_size",
+            "Rows per interpreter invocation (dynamic batching), per model, over all workers.",
+            labels=labels,
+        )
+        for key, (counts, rows) in batches.items():
+            family.add_metric(list(key), _cumulative(BATCH_BUCKETS, counts), rows)
+        yield family
+
+
+def _cumulative(bounds: Sequence[int], counts: Sequence[int]) -> list[tuple[str, float]]:
+    running = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip(bounds, counts, strict=False):
+        running += count
+        buckets.append((str(bound), float(running)))
+    buckets.append(("+Inf", float(sum(counts))))
+    return buckets

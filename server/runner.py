@@ -24,6 +24,7 @@ from server.pool.pool import WorkerPool
 from server.rest.app import create_app
 from server.service.health import HealthService
 from server.service.inference import InferenceService
+from server.service.limits import TenantLimits
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -57,11 +58,20 @@ class Gateway:
         self.pool = WorkerPool(
             settings, workers=max(1, settings.workers), socket_dir=self.socket_dir
         )
+        self.metrics.watch_pool(self.pool)
+        limits = TenantLimits(
+            max_concurrency=settings.tenant_max_concurrency,
+            rate=settings.tenant_rate_limit,
+            burst=settings.tenant_rate_burst,
+            on_limited=lambda tenant, reason: self.metrics.limited.labels(tenant, reason).inc(),
+        )
         self.inference = InferenceService(
             resolver=services.resolver,
             backend=self.pool,
             max_request_bytes=settings.max_request_bytes,
             timeout=settings.infer_timeout_seconds,
+            limits=limits,
+            metrics=self.metrics,
         )
         self.app = create_app(
             settings=settings,

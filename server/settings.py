@@ -78,6 +78,37 @@ class Settings(BaseSettings):
     trusted_issuers: list[TrustedIssuer] = Field(default_factory=list)
     """External OIDC issuers whose tokens are accepted (JSON in ``SEALSERVE_TRUSTED_ISSUERS``)."""
 
+    # --- worker pool ---
+    worker_memory_budget_mb: int = Field(default=0, ge=0)
+    """MiB of models one worker may hold; least recently used ones are evicted past it (0: none)."""
+
+    batch_max_size: int = Field(default=32, ge=1)
+    """Most rows a worker runs in one interpreter call when it batches concurrent calls."""
+
+    batch_max_delay_ms: float = Field(default=0.0, ge=0)
+    """How long a worker may hold a call to fill a batch; 0 batches only what already waits."""
+
+    worker_max_queue: int = Field(default=1024, ge=1)
+    """Calls one model may have waiting in a worker; more are refused as overloaded."""
+
+    pool_coalesce_max_calls: int = Field(default=64, ge=1)
+    """Most client calls the gateway sends to a worker in one RPC (1: no coalescing)."""
+
+    pool_rpcs_per_worker: int = Field(default=2, ge=1)
+    """Infer RPCs the gateway keeps in flight per worker; further calls wait and coalesce."""
+
+    pool_max_pending: int = Field(default=4096, ge=1)
+    """Calls the gateway may hold waiting for one worker; more are refused as overloaded."""
+
+    tenant_max_concurrency: int = Field(default=0, ge=0)
+    """Inference calls one tenant may have running at once; 0: no limit."""
+
+    tenant_rate_limit: float = Field(default=0.0, ge=0)
+    """Sustained inference calls per second per tenant (token bucket); 0: no limit."""
+
+    tenant_rate_burst: int = Field(default=0, ge=0)
+    """Calls a tenant may make at once above its rate; 0: one second's worth of the rate."""
+
     @model_validator(mode="after")
     def _production_needs_explicit_choices(self) -> Settings:
         if self.env == "production" and self.database_url is None:

@@ -4,20 +4,28 @@ Every method takes the caller's principal first. The tenant always comes from
 the principal, so another tenant's model is exactly as invisible as a missing
 one: both raise the same ``NotFound``. Requests are validated against the
 signature stored with the version before anything reaches a worker.
+
+Per-tenant limits (``server.service.limits``) apply after validation and
+before the worker pool, so a refused call costs no worker time; every call
+that reaches ``infer`` is counted per tenant and model in ``/metrics``.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from server.service.datatypes import element_count
 from server.service.errors import InvalidRequest, ModelNotReady, PayloadTooLarge
 from server.service.types import InferRequest, InferResponse, ModelKey, Tensor
+from server.status import spec_for
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from auth import Principal
+    from server.metrics import Metrics
+    from server.service.limits import TenantLimits
     from server.service.resolver import ModelResolver
     from storage import ModelVersionInfo
 
@@ -60,11 +68,15 @@ class InferenceService:
         backend: Backend,
         max_request_bytes: int,
         timeout: float,
+        limits: TenantLimits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._resolver = resolver
         self._backend = backend
         self.max_request_bytes = max_request_bytes
         self._timeout = timeout
+        self._limits = limits if limits is not None and limits.enabled else None
+        self._metrics = metrics
 
     @staticmethod
     def server_metadata() -> dict[str, Any]:
@@ -98,25 +110,56 @@ class InferenceService:
     async def infer(
         self, principal: Principal, model: str, ref: str | None, request: InferRequest
     ) -> InferResponse:
-        """Validate ``request`` against the version's signature and run it on a worker."""
+        """Validate ``request``, admit it under the tenant's limits and run it on a worker."""
         info = await self.version(principal, model, ref)
         if info.state != "ready":
             raise ModelNotReady(f"model '{model}' version {info.version} is not ready")
         _check_inputs(request.inputs, info.signature, limit=self.max_request_bytes)
         wanted = _check_outputs(request, info.signature)
-        outputs = await self._backend.infer(
-            ModelKey(info.tenant_id, info.id),
-            request.inputs,
-            wanted,
-            request_id=request.id,
-            timeout=self._timeout,
-        )
+        if self._metrics is None:
+            outputs = await self._run(info, request, wanted)
+        else:
+            outputs = await self._measured(self._metrics, info, request, wanted)
         return InferResponse(
             model_name=info.model_name,
             model_version=str(info.version),
             outputs=tuple(outputs),
             id=request.id,
         )
+
+    async def _run(
+        self, info: ModelVersionInfo, request: InferRequest, wanted: list[str]
+    ) -> list[Tensor]:
+        limits = self._limits
+        if limits is not None:
+            limits.acquire(info.tenant_id)
+        try:
+            return await self._backend.infer(
+                ModelKey(info.tenant_id, info.id),
+                request.inputs,
+                wanted,
+                request_id=request.id,
+                timeout=self._timeout,
+            )
+        finally:
+            if limits is not None:
+                limits.release(info.tenant_id)
+
+    async def _measured(
+        self, metrics: Metrics, info: ModelVersionInfo, request: InferRequest, wanted: list[str]
+    ) -> list[Tensor]:
+        labels = (info.tenant_id, info.model_name, str(info.version))
+        if info.id not in metrics.names:
+            metrics.names[info.id] = labels[1:]
+        started = time.perf_counter()
+        try:
+            outputs = await self._run(info, request, wanted)
+        except Exception as exc:
+            metrics.inference_requests.labels(*labels, spec_for(exc).public_code).inc()
+            raise
+        metrics.inference_requests.labels(*labels, "ok").inc()
+        metrics.inference_latency.labels(*labels).observe(time.perf_counter() - started)
+        return outputs
 
 
 def _public(tensor: dict[str, Any]) -> dict[str, Any]:
