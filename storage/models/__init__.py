@@ -2,6 +2,7 @@
 
 from storage.models.audit import AuditCheckpoint, AuditEntry, AuditHead
 from storage.models.identity import Client, RevokedToken, ServerSecret, SigningKey
+from storage.models.job import Job
 from storage.models.model import Model, ModelLabel, ModelVersion
 from storage.models.sealed import DataKey, SealedSegment
 from storage.models.tenant import Tenant, TenantKey
@@ -12,6 +13,7 @@ __all__ = [
     "AuditHead",
     "Client",
     "DataKey",
+    "Job",
     "Model",
     "ModelLabel",
     "ModelVersion",
