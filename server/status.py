@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from auth import errors as auth
+from compress import errors as compress
 from server.errors import StartupError
 from server.service import errors as service
 from storage import errors as storage
@@ -34,6 +35,7 @@ INTERNAL = ErrorSpec(HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL", "internal", e
 INTERNAL_MESSAGE = "internal server error"
 
 UNAUTHENTICATED = ErrorSpec(HTTPStatus.UNAUTHORIZED, "UNAUTHENTICATED", "unauthenticated")
+INVALID_UPLOAD = ErrorSpec(HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", "invalid_request")
 
 ERROR_TABLE: dict[type[BaseException], ErrorSpec] = {
     auth.AuthError: UNAUTHENTICATED,
@@ -67,6 +69,18 @@ ERROR_TABLE: dict[type[BaseException], ErrorSpec] = {
     service.DeadlineExceeded: ErrorSpec(HTTPStatus.GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED", "timeout"),
     service.ServiceError: INTERNAL,
     StartupError: INTERNAL,
+    # Model intake: the upload was refused, except when the server lacks TensorFlow.
+    compress.CompressionError: INVALID_UPLOAD,
+    compress.UnsupportedFormat: INVALID_UPLOAD,
+    compress.UnsafeArchive: INVALID_UPLOAD,
+    compress.UnsafeModel: INVALID_UPLOAD,
+    compress.ConversionFailed: INVALID_UPLOAD,
+    compress.InvalidOptions: INVALID_UPLOAD,
+    compress.InvalidData: INVALID_UPLOAD,
+    compress.InputTooLarge: ErrorSpec(
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "INVALID_ARGUMENT", "payload_too_large"
+    ),
+    compress.RuntimeUnavailable: INTERNAL,
 }
 
 

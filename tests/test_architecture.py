@@ -8,12 +8,13 @@ from pathlib import Path
 
 import grpc
 
+from compress.errors import CompressionError
 from server import status
 from server.service.errors import ServiceError
 from storage.errors import StorageError
 
 ROOT = Path(__file__).resolve().parent.parent
-ERROR_ROOTS: list[type[Exception]] = [StorageError, ServiceError]
+ERROR_ROOTS: list[type[Exception]] = [StorageError, ServiceError, CompressionError]
 
 
 def _subclasses(cls: type) -> set[type]:
