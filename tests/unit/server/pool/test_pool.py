@@ -414,3 +414,28 @@ def test_workers_die_with_their_parent(
         for stream in (parent.stdin, parent.stdout):
             if stream is not None:
                 stream.close()
+
+
+def test_loading_a_model_does_not_stall_calls_to_another(
+    served: Served, big_key: ModelKey, digits: Digits, reference: Reference
+) -> None:
+    """While one worker unseals a 64 MiB model, its calls on a loaded model keep flowing."""
+    x = digits.x_test[:1]
+
+    async def scenario() -> tuple[float, list[float]]:
+        async with own_pool(served.sealed, served.socket_root / "stall", 1) as pool:
+            await predict(pool, served.sealed.key, x)  # loaded, warm
+            started = time.monotonic()
+            load = asyncio.ensure_future(pool.load(big_key))
+            latencies = []
+            while not load.done():
+                begin = time.monotonic()
+                assert np.array_equal(await predict(pool, served.sealed.key, x), reference(x))
+                latencies.append(time.monotonic() - begin)
+            await load
+            return time.monotonic() - started, latencies
+
+    load_seconds, latencies = served.run(scenario())
+    assert len(latencies) > 10
+    # The load takes far longer than any call made meanwhile.
+    assert max(latencies) < max(0.1, load_seconds / 4), (load_seconds, max(latencies))
