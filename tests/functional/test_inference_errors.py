@@ -387,3 +387,54 @@ def test_other_tenants_model_is_indistinguishable_from_missing(stack) -> None:
     assert before_rest == after_rest
     assert all(code == "NOT_FOUND" for code, _ in before_grpc), before_grpc
     assert before_grpc == after_grpc
+
+
+def _grpc_request(**changes):
+    request = inference_pb2.ModelInferRequest(model_name=changes.get("model", "digits"))
+    entry = request.inputs.add(
+        name=changes.get("name", "input"),
+        datatype=changes.get("datatype", "FP32"),
+        shape=changes.get("shape", [1, 64]),
+    )
+    if "typed" in changes:
+        entry.contents.fp32_contents.extend(changes["typed"])
+    else:
+        request.raw_input_contents.append(changes.get("raw", x1))
+    if changes.get("extra_raw"):
+        request.raw_input_contents.append(b"\x00")
+    return request
+
+
+GRPC_CASES = [
+    ("raw size", _grpc_request(raw=x1[:100]), "INVALID_ARGUMENT", "256 expected"),
+    ("raw entries", _grpc_request(extra_raw=True), "INVALID_ARGUMENT", "raw_input_contents"),
+    ("typed count", _grpc_request(typed=[0.0] * 10), "INVALID_ARGUMENT", "10 values"),
+    ("unknown input", _grpc_request(name="pixels"), "INVALID_ARGUMENT", "unknown input 'pixels'"),
+    (
+        "wrong datatype",
+        _grpc_request(datatype="FP64", raw=bytes(512)),
+        "INVALID_ARGUMENT",
+        "expects FP32",
+    ),
+    ("bad datatype", _grpc_request(datatype="FLOAT"), "INVALID_ARGUMENT", "unknown datatype"),
+    ("wrong shape", _grpc_request(shape=[1, 32], raw=x1[:128]), "INVALID_ARGUMENT", "shape"),
+    ("unknown model", _grpc_request(model="nothing"), "NOT_FOUND", "model 'nothing' not found"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "request_", "code", "words"), GRPC_CASES, ids=[c[0] for c in GRPC_CASES]
+)
+def test_bad_grpc_request_is_named(stack, name, request_, code, words) -> None:
+    """Malformed ModelInfer calls get INVALID_ARGUMENT or NOT_FOUND naming the problem, never INTERNAL."""
+    running, _, tokens = stack
+    with grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(
+                request_, metadata=[("authorization", f"Bearer {tokens['demo']}")], timeout=10
+            )
+    assert caught.value.code().name == code
+    assert words in caught.value.details()
+    trailers = dict(caught.value.trailing_metadata() or ())
+    assert trailers.get("error-code") in ("invalid_request", "not_found")
