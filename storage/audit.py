@@ -168,6 +168,28 @@ class AuditLog:
         session.flush()
         return entry.seq
 
+    def append_action(
+        self,
+        session: Session,
+        actor: Actor | None,
+        action: str,
+        resource: str,
+        tenant_id: str | None,
+        *,
+        details: dict[str, Any] | None = None,
+    ) -> int:
+        """Record an admin action in its own transaction (``None`` actor: the operator)."""
+        return self.append(
+            session,
+            AuditEvent(
+                action=action,
+                resource=resource,
+                tenant_id=tenant_id,
+                actor=actor or Actor(subject="operator"),
+                details=details or {},
+            ),
+        )
+
     def record(self, event: AuditEvent) -> int:
         """Append one event in its own transaction (for events with no other action)."""
         with unit_of_work(self._sessions, write=True) as session:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from storage.audit import Actor, AuditEvent, AuditLog
+from storage.audit import Actor, AuditLog
 from storage.crypto.envelope import associated_data, unwrap_key_bytes, wrap_key
 from storage.db import unit_of_work
 from storage.errors import Conflict, NotFound
@@ -95,27 +95,6 @@ class IdentityStore:
         self._master_keys = master_keys
         self.audit = audit or AuditLog(session_factory=session_factory, master_keys=master_keys)
 
-    def _record(  # noqa: PLR0917 - private; every call site passes the same five in order
-        self,
-        session: Session,
-        actor: Actor | None,
-        action: str,
-        resource: str,
-        tenant_id: str | None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        self.audit.append(
-            session,
-            AuditEvent(
-                action=action,
-                resource=resource,
-                tenant_id=tenant_id,
-                actor=actor or Actor(subject="operator"),
-                details=details or {},
-            ),
-        )
-
-    # --- clients ----------------------------------------------------------------
     def add_client(
         self,
         *,
@@ -140,13 +119,13 @@ class IdentityStore:
                 )
                 session.add(row)
                 session.flush()
-                self._record(
+                self.audit.append_action(
                     session,
                     actor,
                     "client.create",
                     f"client:{client_id}",
                     tenant_id,
-                    {"role": role},
+                    details={"role": role},
                 )
                 return _client(row)
         except IntegrityError:
@@ -178,7 +157,9 @@ class IdentityStore:
                 raise NotFound(CLIENT_NOT_FOUND.format(client_id=client_id))
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
-            self._record(session, actor, "client.revoke", f"client:{client_id}", tenant_id)
+            self.audit.append_action(
+                session, actor, "client.revoke", f"client:{client_id}", tenant_id
+            )
             return _client(row)
 
     # --- the token deny-list and tenant suspension -------------------------------
@@ -195,7 +176,7 @@ class IdentityStore:
             if session.get(RevokedToken, jti) is None:
                 session.add(RevokedToken(jti=jti, expires_at=expires_at))
             # The token id identifies the token without being it: safe to record.
-            self._record(session, actor, "token.revoke", f"token:{jti}", tenant_id)
+            self.audit.append_action(session, actor, "token.revoke", f"token:{jti}", tenant_id)
 
     def denied(self, *, now: datetime) -> DenySnapshot:
         """What must be refused now; prunes token ids whose tokens have expired anyway."""
@@ -228,13 +209,13 @@ class IdentityStore:
         """Insert new keys and move existing ones to their new states, in one transaction."""
         keys = list(keys)
         with unit_of_work(self._sessions, write=True) as session:
-            self._record(
+            self.audit.append_action(
                 session,
                 actor,
                 "keys.rotate-signing",
                 "signing-keys",
                 None,
-                {k.kid: k.state for k in keys},
+                details={k.kid: k.state for k in keys},
             )
             for key in keys:
                 row = session.get(SigningKey, key.kid)

@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Any
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from storage.audit import Actor, AuditEvent, AuditLog
+from storage.audit import Actor, AuditLog
 from storage.crypto.envelope import open_segments, seal_segments
 from storage.db import unit_of_work
 from storage.errors import Conflict, InvalidInput, NotFound
@@ -143,7 +143,9 @@ class Registry:
                 session.add(tenant)
                 session.flush()
                 session.add(self._keys.new_tenant_key(tenant_id=tenant.id, version=1))
-                self._record(session, actor, "tenant.create", f"tenant:{name}", tenant.id)
+                self.audit.append_action(
+                    session, actor, "tenant.create", f"tenant:{name}", tenant.id
+                )
                 return _tenant_info(tenant)
         except IntegrityError:
             msg = f"tenant '{name}' already exists"
@@ -177,7 +179,7 @@ class Registry:
             row = self._tenant_by_name(session, name)
             row.state = state
             action = "tenant.suspend" if state == "suspended" else "tenant.resume"
-            self._record(session, actor, action, f"tenant:{name}", row.id)
+            self.audit.append_action(session, actor, action, f"tenant:{name}", row.id)
             return _tenant_info(row)
 
     def delete_tenant(self, name: str, *, actor: Actor | None = None) -> None:
@@ -190,7 +192,7 @@ class Registry:
             row = self._tenant_by_name(session, name)
             session.execute(delete(TenantKey).where(TenantKey.tenant_id == row.id))
             session.execute(delete(Tenant).where(Tenant.id == row.id))
-            self._record(
+            self.audit.append_action(
                 session,
                 actor,
                 "tenant.delete",
@@ -251,7 +253,7 @@ class Registry:
                 key, key_row = self._keys.new_data_key(repo, version)
                 session.add(key_row)
                 self._write_segments(session, version, key, HashingReader(source, limit=max_bytes))
-                self._record(
+                self.audit.append_action(
                     session,
                     actor,
                     "model.upload",
@@ -360,7 +362,7 @@ class Registry:
             model = repo.get_model(model_name)
             repo.get_version(model, version)
             repo.set_label(model, label, version)
-            self._record(
+            self.audit.append_action(
                 session,
                 actor,
                 "model.label",
@@ -376,7 +378,9 @@ class Registry:
         with unit_of_work(self._sessions, write=True) as session:
             repo = TenantRepository(session, tenant_id)
             repo.delete_label(repo.get_model(model_name), label)
-            self._record(session, actor, "model.unlabel", f"model:{model_name}:{label}", tenant_id)
+            self.audit.append_action(
+                session, actor, "model.unlabel", f"model:{model_name}:{label}", tenant_id
+            )
 
     def delete_version(
         self, tenant_id: str, model_name: str, version: int, *, actor: Actor | None = None
@@ -388,37 +392,19 @@ class Registry:
             repo.delete_version(repo.get_version(model, version))
             if not repo.list_versions(model):
                 repo.delete_model(model)
-            self._record(session, actor, "model.delete", f"model:{model_name}@{version}", tenant_id)
+            self.audit.append_action(
+                session, actor, "model.delete", f"model:{model_name}@{version}", tenant_id
+            )
 
     def delete_model(self, tenant_id: str, model_name: str, *, actor: Actor | None = None) -> None:
         """Delete a model with every version."""
         with unit_of_work(self._sessions, write=True) as session:
             repo = TenantRepository(session, tenant_id)
             repo.delete_model(repo.get_model(model_name))
-            self._record(session, actor, "model.delete", f"model:{model_name}", tenant_id)
+            self.audit.append_action(
+                session, actor, "model.delete", f"model:{model_name}", tenant_id
+            )
 
-    def _record(
-        self,
-        session: Session,
-        actor: Actor | None,
-        action: str,
-        resource: str,
-        tenant_id: str | None,
-        *,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        self.audit.append(
-            session,
-            AuditEvent(
-                action=action,
-                resource=resource,
-                tenant_id=tenant_id,
-                actor=actor or Actor(subject="operator"),
-                details=details or {},
-            ),
-        )
-
-    # --- unsealing ----------------------------------------------------------
     def open_version(self, tenant_id: str, version_id: str) -> bytes:
         """The verified plaintext of a version, by its id, inside one tenant."""
         return b"".join(self.iter_version(tenant_id, version_id))
