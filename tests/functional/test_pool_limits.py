@@ -1,0 +1,115 @@
+"""Per-tenant limits refuse a flooding tenant with 429 / RESOURCE_EXHAUSTED and spare the others."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+
+from protos import inference_pb2, inference_pb2_grpc
+from tests.digits import DEMO_MODEL, digits_test_split
+from tests.functional.conftest import token_for
+from tests.servers import cli, server_env, start_server
+
+RATE = 20
+"""Calls per second per tenant (and the burst: one second's worth)."""
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    """A server with a per-tenant rate limit; tokens of the demo tenant and of tenant 'flood'."""
+    data_dir = tmp_path_factory.mktemp("limits")
+    env = server_env(
+        data_dir,
+        SEALSERVE_TENANT_RATE_LIMIT=str(RATE),
+        SEALSERVE_TENANT_MAX_CONCURRENCY="8",
+        SEALSERVE_LOG_LEVEL="WARNING",
+    )
+    cli("init", "--demo", env=env)
+    cli("tenants", "create", "flood", env=env)
+    cli("models", "push", str(DEMO_MODEL), "--name", "digits", "--tenant", "flood", env=env)
+    flood = json.loads(
+        cli(
+            "clients", "create", "--tenant", "flood", "--role", "tenant-client", "--json", env=env
+        ).stdout
+    )
+    running = start_server(env, data_dir / "server.log")
+    demo = json.loads((data_dir / "demo-client.json").read_text())
+    yield (
+        running,
+        {
+            "demo": token_for(running.url, demo["client_id"], demo["client_secret"]),
+            "flood": token_for(running.url, flood["client_id"], flood["client_secret"]),
+        },
+    )
+    running.stop()
+
+
+def body() -> dict:
+    """One digits image as a v2 request."""
+    x, _ = digits_test_split()
+    return {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x[0].tolist()}]
+    }
+
+
+def test_flooding_tenant_gets_429_with_retry_after_and_others_do_not(limited) -> None:
+    """Past its burst a tenant is refused with 429 + Retry-After; another tenant is served meanwhile."""
+    server, tokens = limited
+    url = f"{server.url}/v2/models/digits/infer"
+
+    async def scenario() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def call(tenant: str) -> httpx.Response:
+                headers = {"Authorization": f"Bearer {tokens[tenant]}"}
+                return await http.post(url, json=body(), headers=headers)
+
+            flood = await asyncio.gather(*(call("flood") for _ in range(3 * RATE)))
+            other = [await call("demo") for _ in range(RATE // 2)]
+            return flood, other
+
+    flood, other = asyncio.run(scenario())
+    codes = [reply.status_code for reply in flood]
+    assert set(codes) == {200, 429}
+    assert codes.count(200) <= RATE + 1  # the burst, plus what refilled meanwhile
+    refused = next(reply for reply in flood if reply.status_code == 429)
+    assert refused.json()["code"] == "overloaded"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert [reply.status_code for reply in other] == [200] * (RATE // 2)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'sealserve_tenant_limited_total{reason="rate"' in metrics or (
+        'reason="concurrency"' in metrics
+    )
+
+
+def test_limits_apply_over_grpc_as_resource_exhausted(limited) -> None:
+    """The same limit refuses gRPC calls with RESOURCE_EXHAUSTED and the public code."""
+    server, tokens = limited
+    x, _ = digits_test_split()
+    request = inference_pb2.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(np.asarray(x[:1], dtype="<f4").tobytes())
+
+    async def scenario() -> list[grpc.StatusCode | None]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            metadata = [("authorization", f"Bearer {tokens['flood']}")]
+
+            async def call() -> grpc.StatusCode | None:
+                try:
+                    await stub.ModelInfer(request, metadata=metadata, timeout=30)
+                except grpc.aio.AioRpcError as exc:
+                    codes = dict(exc.trailing_metadata() or ())
+                    return exc.code() if codes.get("error-code") == "overloaded" else None
+                return grpc.StatusCode.OK
+
+            return await asyncio.gather(*(call() for _ in range(3 * RATE)))
+
+    codes = asyncio.run(scenario())
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
