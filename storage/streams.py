@@ -18,7 +18,12 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
 COMPRESSIONS = ("none", "zstd")
-_ZSTD_LEVEL = 3
+# Level 7: dense float weights hardly compress at any level and seal as fast as
+# at level 3 (about 600 MB/s), while pruned models, whose zeros are the point,
+# pack about 10% smaller (digits CNN at 80% sparsity: 2.92x -> 3.18x against the
+# dense model) for about 85 MB/s instead of 330. A model is sealed once and
+# read many times; levels past 7 cost far more time for little more.
+_ZSTD_LEVEL = 7
 
 
 class HashingReader:
