@@ -14,8 +14,11 @@ import structlog
 from auth import KeyAlgorithm, TokenIssuer, TokenVerifier, new_pepper, trusted_issuer_rules
 from server import schema
 from server.errors import StartupError
+from server.jobs.layout import site_id, staging_root
+from server.jobs.supervisor import JobSupervisor
 from server.service.access import AccessControl, DenyList, SigningKeys
 from server.service.audit import AuditRecorder, AuditReviewService
+from server.service.jobs import JobService
 from server.service.models import ModelAdminService
 from server.service.resolver import ModelResolver
 from server.service.tenants import TenantAdminService
@@ -27,6 +30,7 @@ from storage.crypto.master import (
     load_master_key_file,
 )
 from storage.identity import IdentityStore
+from storage.jobs import JobStore
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -103,6 +107,9 @@ class Services:
     models: ModelAdminService
     recorder: AuditRecorder
     audit: AuditReviewService
+    jobs: JobService
+    supervisor: JobSupervisor
+    """Runs this gateway's intake jobs; built here, started and stopped by the runner."""
 
 
 PEPPER_NAME = "client-secret-pepper"
@@ -153,6 +160,7 @@ def build_services(container: Container) -> Services:
     )
     recorder = AuditRecorder(container.registry.audit)
     access.recorder = recorder
+    supervisor, jobs = _intake(container, resolver)
     return Services(
         identities=identities,
         signing_keys=signing_keys,
@@ -162,7 +170,28 @@ def build_services(container: Container) -> Services:
         models=models,
         recorder=recorder,
         audit=AuditReviewService(container.registry.audit),
+        jobs=jobs,
+        supervisor=supervisor,
     )
+
+
+def _intake(container: Container, resolver: ModelResolver) -> tuple[JobSupervisor, JobService]:
+    """The job supervisor and the job service that wakes it when an upload is queued."""
+    settings = container.settings
+    store = JobStore(session_factory=container.sessions, audit=container.registry.audit)
+    supervisor = JobSupervisor(
+        store=store, registry=container.registry, resolver=resolver, settings=settings
+    )
+    jobs = JobService(
+        store=store,
+        registry=container.registry,
+        staging=staging_root(settings.data_dir),
+        site=site_id(settings.data_dir),
+        max_model_bytes=settings.max_model_bytes,
+        max_data_bytes=settings.intake_max_data_bytes,
+        on_submit=supervisor.wake,
+    )
+    return supervisor, jobs
 
 
 def build_container(settings: Settings, *, create_keys: bool = False) -> Container:

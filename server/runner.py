@@ -107,6 +107,7 @@ class Gateway:
         self.services.access.deny.start()
         self.services.recorder.start()
         await self.pool.start()
+        await self.services.supervisor.start()
         await self.grpc.start()
         key_reload = asyncio.create_task(self._reload_signing_keys())
         http_task = asyncio.create_task(self.http.serve())
@@ -126,6 +127,8 @@ class Gateway:
         key_reload.cancel()
         grace = self.container.settings.shutdown_grace_seconds
         await asyncio.gather(http_task, self.grpc.stop(grace))
+        # Running intake jobs are killed and queued again: they would outlast any grace.
+        await self.services.supervisor.stop()
         await self.pool.stop(grace)
         await self.services.recorder.stop()
         shutil.rmtree(self.socket_dir, ignore_errors=True)

@@ -109,6 +109,31 @@ class Settings(BaseSettings):
     tenant_rate_burst: int = Field(default=0, ge=0)
     """Calls a tenant may make at once above its rate; 0: one second's worth of the rate."""
 
+    # --- model intake ---
+    jobs_concurrency: int = Field(default=1, ge=1)
+    """Intake jobs one gateway runs at once (each a process with TensorFlow: RAM and cores)."""
+
+    jobs_timeout_seconds: float = Field(default=3600.0, gt=0)
+    """A job running longer is killed and marked failed."""
+
+    jobs_threads: int = Field(default=0, ge=0)
+    """CPU threads each job's TensorFlow may use; 0 lets TensorFlow choose."""
+
+    jobs_stale_seconds: float = Field(default=30.0, ge=1)
+    """A running job without a heartbeat for this long is failed (its gateway died)."""
+
+    intake_max_data_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    """Largest calibration, evaluation or training file, enforced while the upload streams."""
+
+    intake_max_unpacked_bytes: int = Field(default=2048 * 1024 * 1024, gt=0)
+    """Most bytes an uploaded archive (SavedModel, .keras, .npz) may unpack to."""
+
+    intake_max_archive_entries: int = Field(default=10_000, gt=0)
+    """Most entries in an uploaded archive."""
+
+    intake_max_archive_ratio: float = Field(default=100.0, gt=1)
+    """Most unpacked bytes per archive byte (zip bombs compress by a thousand)."""
+
     @model_validator(mode="after")
     def _production_needs_explicit_choices(self) -> Settings:
         if self.env == "production" and self.database_url is None:
