@@ -75,6 +75,9 @@ REST_ROUTES: dict[tuple[str, str], str] = {
     ("DELETE", "/admin/v1/models/{name}/versions/{version}"): "models.write",
     ("PUT", "/admin/v1/models/{name}/labels/{label}"): "models.write",
     ("DELETE", "/admin/v1/models/{name}/labels/{label}"): "models.write",
+    # Intake jobs (uploads queue them; following one is reading models)
+    ("GET", "/admin/v1/jobs"): "models.read",
+    ("GET", "/admin/v1/jobs/{job_id}"): "models.read",
 }
 
 GRPC_METHODS: dict[str, str] = {

@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI
 from server.rest.deps import enforce_policy
 from server.rest.errors import install_error_handlers
 from server.rest.middleware import RequestContextMiddleware
-from server.rest.routes import audit, auth, health, models, tenants, tfserving, v2
+from server.rest.routes import audit, auth, health, jobs, models, tenants, tfserving, v2
 
 if TYPE_CHECKING:
     from server.bootstrap import Services
@@ -46,6 +46,7 @@ def create_app(
     app.include_router(auth.router)
     app.include_router(tenants.router)
     app.include_router(models.router)
+    app.include_router(jobs.router)
     app.include_router(audit.router)
     app.include_router(v2.router)
     app.include_router(tfserving.router)

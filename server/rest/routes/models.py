@@ -1,4 +1,11 @@
-"""Model administration over REST, inside the caller's tenant."""
+"""Model administration over REST, inside the caller's tenant.
+
+Uploads come two ways. ``multipart/form-data`` (part ``model`` plus optional
+``calibration``, ``evaluation``, ``training``, ``student`` and ``options``)
+is always a job: 202 Accepted with the job, followed at
+``/admin/v1/jobs/{id}``. A bare ``.tflite`` body (``application/octet-stream``)
+is checked and sealed at once: 201 Created with the version, as before.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,15 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.rest.body import spool_body
+from server.rest.body import spool_body, spool_form
 from server.rest.deps import CurrentPrincipal, ServicesDep
 from server.rest.responses import json_response
 from server.service.errors import InvalidRequest
+from server.service.jobs import JobView, job_document
 
 router = APIRouter(prefix="/admin/v1/models", tags=["models"])
 UPLOAD_TYPES = ("application/octet-stream", "application/x-tflite")
+FORM_TYPE = "multipart/form-data"
 
 
 class LabelBody(BaseModel):
@@ -53,11 +62,14 @@ def _model(info: Any) -> dict[str, Any]:
 async def upload(
     request: Request, name: str, principal: CurrentPrincipal, services: ServicesDep
 ) -> Response:
-    """Upload a ``.tflite`` body; it is checked, sealed, and becomes the next version."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    """Upload a model: a form (queued as a job, 202) or a bare ``.tflite`` body (sealed, 201)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == FORM_TYPE:
+        return await _upload_form(request, name, principal, services)
     if content_type not in UPLOAD_TYPES:
         raise InvalidRequest(
-            f"send the .tflite file as the request body with Content-Type {UPLOAD_TYPES[0]}"
+            f"send {FORM_TYPE} (part 'model' with the file, optional data files and 'options') "
+            f"or a bare .tflite body with Content-Type {UPLOAD_TYPES[0]}"
         )
     settings = request.app.state.settings
     path = await spool_body(request, settings.max_model_bytes, settings.data_dir / "staging")
@@ -66,6 +78,25 @@ async def upload(
     finally:
         path.unlink(missing_ok=True)
     return json_response(_version(info), status_code=201)
+
+
+async def _upload_form(
+    request: Request, name: str, principal: CurrentPrincipal, services: ServicesDep
+) -> Response:
+    jobs = services.jobs
+    upload = jobs.new_upload()
+    try:
+        form = await spool_form(
+            request, plan=jobs, directory=upload.directory.input, limit=jobs.max_form_bytes
+        )
+        job = await jobs.submit(
+            principal, name, upload, files=form.files, options=form.fields.get("options")
+        )
+    except BaseException:
+        jobs.discard(upload)
+        raise
+    document = job_document(JobView(job=job, version=None))
+    return json_response(document, status_code=202, headers={"Location": document["links"]["self"]})
 
 
 @router.get("")
