@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
-from contextlib import contextmanager
-from pathlib import Path  # noqa: TC003 - typer reads the annotation at runtime
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+import threading
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn, TypeVar, cast
 
 import httpx
 import typer
@@ -22,8 +25,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from auth import AuthError
+from compress import CompressionError
+from server.cli_intake import FlagError, build_options, follow, report_tables
 from server.demo.setup import operator_principal
 from server.service.errors import ServiceError
+from server.service.jobs import job_document
 from storage import StorageError
 
 if TYPE_CHECKING:
@@ -84,7 +90,7 @@ def _run(call: Coroutine[Any, Any, T]) -> T:
     """Run one service call; its error becomes one clear line, no trace."""
     try:
         return asyncio.run(call)
-    except (ServiceError, StorageError, AuthError) as exc:
+    except (ServiceError, StorageError, AuthError, CompressionError) as exc:
         _fail(exc.message)
 
 
@@ -95,48 +101,247 @@ def _chunks(path: Path, progress: Progress, task: Any) -> Iterator[bytes]:
             yield chunk
 
 
+def _data_option(flag: str, what: str) -> Any:
+    return typer.Option(flag, exists=True, dir_okay=False, help=what)
+
+
+@dataclass
+class _Upload:
+    """What one push sends: the files by form part, and the options object."""
+
+    files: dict[str, Path]
+    options: dict[str, Any]
+
+    @property
+    def is_job(self) -> bool:
+        # A bare .tflite with nothing else keeps the synchronous path (201, no job).
+        return bool(self.options) or set(self.files) != {"model"} or not _is_tflite(self.files)
+
+
+def _is_tflite(files: dict[str, Path]) -> bool:
+    return files["model"].name.lower().endswith(".tflite")
+
+
 @app.command("push")
 def push(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A .tflite file.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, help="A .keras, SavedModel .zip/.tar.gz or .tflite file."
+        ),
+    ],
     name: Annotated[str, typer.Option("--name", help="Model name.")],
+    quantize: Annotated[
+        str | None, typer.Option("--quantize", help="int8 | float16 | dynamic | none")
+    ] = None,
+    prune: Annotated[
+        float | None, typer.Option("--prune", help="Prune to this sparsity (0.8 or 80).")
+    ] = None,
+    clip: Annotated[
+        float | None, typer.Option("--clip", help="Clip weights at this percentile (e.g. 99.9).")
+    ] = None,
+    cut: Annotated[int | None, typer.Option("--cut", help="Remove up to K layers.")] = None,
+    distill: Annotated[
+        str | None,
+        typer.Option(
+            "--distill", help="Student: mlp-small, mlp-medium, cnn-tiny, or a .keras file."
+        ),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option("--max-accuracy-drop", help="Fail the version past this drop (points)."),
+    ] = None,
+    calibration_data: Annotated[
+        Path | None, _data_option("--calibration-data", ".npz with x, for int8 calibration.")
+    ] = None,
+    eval_data: Annotated[
+        Path | None, _data_option("--eval-data", ".npz with x and y, to measure the result.")
+    ] = None,
+    train_data: Annotated[
+        Path | None, _data_option("--train-data", ".npz with x and y, to fine-tune or distill.")
+    ] = None,
+    options_json: Annotated[
+        str | None, typer.Option("--options-json", help="Options object; flags override it.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job.")] = True,
     url: Url = None,
     token: Token = None,
     tenant: Tenant = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Upload a model file as the next version of NAME (with a progress bar)."""
+    """Upload a model as the next version of NAME, compressing it as asked, and show its report.
+
+    Anything but a bare .tflite is a job on the server: the upload has a
+    progress bar, then the job is followed to its end and its report printed.
+    """
+    student = Path(distill) if distill and distill.lower().endswith(".keras") else None
+    if student is not None and not student.is_file():
+        _fail(f"--distill: no such file {student}")
+    try:
+        options = build_options(
+            options_json=options_json,
+            quantize=quantize,
+            prune=prune,
+            clip=clip,
+            cut=cut,
+            distill=distill,
+            student_uploaded=student is not None,
+            max_accuracy_drop=max_accuracy_drop,
+        )
+    except FlagError as exc:
+        _fail(str(exc))
+    parts = {
+        "model": file,
+        "calibration": calibration_data,
+        "evaluation": eval_data,
+        "training": train_data,
+        "student": student,
+    }
+    upload = _Upload({k: v for k, v in parts.items() if v is not None}, options)
     if url:
-        with (
-            _remote(url, token) as client,
-            Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=err,
-                transient=True,
-            ) as progress,
-        ):
-            task = progress.add_task(f"uploading {file.name}", total=file.stat().st_size)
-            reply = client.post(
-                f"/admin/v1/models/{name}/versions",
-                content=_chunks(file, progress, task),
-                headers={"Content-Type": "application/octet-stream"},
-            )
-        version = _check(reply)
+        with _remote(url, token) as client:
+            if not upload.is_job:
+                _print_version(_push_tflite(client, name, file), as_json=as_json)
+                return
+            job = _check(_post_form(client, name, upload))
+            if wait:
+                job = follow(lambda: _check(client.get(job["links"]["self"])), console=err)
     else:
-        with (
-            _operator(tenant) as (services, principal),
-            console.status(f"checking and sealing {file.name}..."),
-        ):
-            info = _run(services.models.upload_tflite(principal, name, file))
-        version = {"model": info.model_name, "version": info.version, "state": info.state}
+        with _operator(tenant) as (services, principal):
+            if not upload.is_job:
+                with console.status(f"checking and sealing {file.name}..."):
+                    info = _run(services.models.upload_tflite(principal, name, file))
+                _print_version(
+                    {"model": info.model_name, "version": info.version, "state": info.state},
+                    as_json=as_json,
+                )
+                return
+            job = _run_locally(services, principal, name, upload, wait=wait)
+    _print_job(job, as_json=as_json)
+
+
+def _print_version(version: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(version, indent=2) + "\n")
     else:
         console.print(
             f"[green]pushed[/] {version['model']} version {version['version']} ({version['state']})"
         )
+
+
+def _print_job(job: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(job, indent=2) + "\n")
+    elif job["state"] == "ready":
+        console.print(f"[green]ready[/] {job['model']} version {job['version']}")
+    elif job["state"] == "failed":
+        console.print(f"[bold red]failed[/] {job['model']}: {job['error']}")
+    else:
+        console.print(f"job {job['id']} {job['state']}: follow it at {job['links']['self']}")
+    if not as_json:
+        for table in report_tables(job):
+            console.print(table)
+    if job["state"] == "failed":
+        raise typer.Exit(1)
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def _push_tflite(client: httpx.Client, name: str, file: Path) -> Any:
+    with _progress_bar() as progress:
+        task = progress.add_task(f"uploading {file.name}", total=file.stat().st_size)
+        reply = client.post(
+            f"/admin/v1/models/{name}/versions",
+            content=_chunks(file, progress, task),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    return _check(reply)
+
+
+class _Counted:
+    """A file httpx streams into the form, advancing the progress bar as it is read."""
+
+    def __init__(self, handle: BinaryIO, progress: Progress, task: Any) -> None:
+        self._handle = handle
+        self._progress = progress
+        self._task = task
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        self._progress.update(self._task, advance=len(chunk))
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+
+def _counted(handle: BinaryIO, progress: Progress, task: Any) -> IO[bytes]:
+    # httpx only reads, seeks, tells and stats what it is given: _Counted does those.
+    return cast("IO[bytes]", _Counted(handle, progress, task))
+
+
+def _post_form(client: httpx.Client, name: str, upload: _Upload) -> httpx.Response:
+    total = sum(path.stat().st_size for path in upload.files.values())
+    with ExitStack() as stack, _progress_bar() as progress:
+        task = progress.add_task("uploading", total=total)
+        files = {
+            part: (path.name, _counted(stack.enter_context(path.open("rb")), progress, task))
+            for part, path in upload.files.items()
+        }
+        data = {"options": json.dumps(upload.options)} if upload.options else None
+        return client.post(f"/admin/v1/models/{name}/versions", files=files, data=data)
+
+
+def _run_locally(
+    services: Any, principal: Any, name: str, upload: _Upload, *, wait: bool
+) -> dict[str, Any]:
+    """Queue the job on the data directory and run it in a child process of this command."""
+    staged = services.jobs.new_upload()
+    try:
+        for part, path in upload.files.items():
+            shutil.copyfile(path, staged.path(services.jobs.staged_name(part, path.name)))
+        record = _run(
+            services.jobs.submit(
+                principal,
+                name,
+                staged,
+                files={part: path.name for part, path in upload.files.items()},
+                options=json.dumps(upload.options),
+            )
+        )
+    except BaseException:
+        services.jobs.discard(staged)
+        raise
+
+    def fetch() -> dict[str, Any]:
+        return job_document(_run(services.jobs.get(principal, record.id)))
+
+    if not wait:
+        return fetch()
+    # The job runs in a thread's event loop (its own child process does the work);
+    # if a server on this data directory claims it first, it runs there instead.
+    runner = threading.Thread(
+        target=lambda: asyncio.run(services.supervisor.run_now(record.id)), daemon=True
+    )
+    runner.start()
+    job = follow(fetch, console=err)
+    runner.join()
+    return job
 
 
 @app.command("list")
