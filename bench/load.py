@@ -1,0 +1,664 @@
+"""Load benchmark: a real ``sealserve serve`` driven by native load generators.
+
+    .venv/bin/python bench/load.py                 # everything, 10 s per point
+    .venv/bin/python bench/load.py --seconds 5 --only digits --write-docs
+
+What it does, in one run on this machine:
+
+1. A fresh data directory: ``sealserve init --demo`` (the digits model,
+   sealed), plus the heavy CNN (224x224x3 -> Conv32-Pool-Conv64-Pool-Conv128-
+   Pool-Dense512-Dense10, random weights, built with TensorFlow and converted
+   with ``TFLiteConverter.from_keras_model``; cached under ~/.cache) pushed
+   through ``sealserve models push``, and a second tenant for the fairness run.
+2. The in-process LiteRT ceiling for each model at batch 1: calls per second
+   of one interpreter on one thread, and of one interpreter per CPU in as many
+   processes (what the server's workers could do at best with no gateway).
+3. ``sealserve serve`` with authentication on, then for each model and
+   protocol, concurrency 1, 8 and 64: REST with ``wrk`` (a Lua script sets
+   the body and the bearer token; digits as JSON over the Open Inference
+   Protocol and TF Serving ``:predict``, the CNN as the binary tensor
+   extension), gRPC with ``h2load`` (raw HTTP/2 frames carrying a
+   ``ModelInferRequest``; latencies from its per-request log). Both are C
+   programs: the load generator costs a fraction of what the server does.
+   Every point checks that no call failed (wrk's non-2xx count; for gRPC the
+   server's own ``sealserve_inference_requests_total`` by outcome).
+4. Fairness: a second server with per-tenant limits; tenant ``demo`` calls at
+   a steady pace alone, then again while tenant ``flood`` sends ten times its
+   rate limit; the victim's p99 before and after.
+
+The machine has 2 cores shared with everything else running, so figures move
+between runs: run it more than once and report the range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SEALSERVE = str(Path(sys.executable).with_name("sealserve"))
+CACHE = Path.home() / ".cache" / "sealserve-bench"
+CNN_FILE = CACHE / "cnn224.tflite"
+DIGITS_FILE = ROOT / "server" / "demo" / "digits.tflite"
+CONCURRENCY = (1, 8, 64)
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+# --- models and the in-process ceiling ------------------------------------------
+def build_cnn(path: Path) -> None:
+    """The heavy CNN with random weights, converted to TFLite (float32, builtin ops)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf  # noqa: PLC0415 - only this step needs TensorFlow
+
+    tf.keras.utils.set_random_seed(0)
+    layers = tf.keras.layers
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((224, 224, 3), name="input"),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(128, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(512, activation="relu"),
+            layers.Dense(10, activation="softmax", name="probabilities"),
+        ]
+    )
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(converter.convert())
+
+
+def _ceiling_worker(content: bytes, shape: tuple[int, ...], seconds: float, out: Any) -> None:
+    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 - child process
+
+    runner = Interpreter(model_content=content, num_threads=1).get_signature_runner()
+    name = next(iter(runner.get_input_details()))
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    runner(**{name: x})  # warm
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        runner(**{name: x})
+        calls += 1
+    out.put(calls / (time.perf_counter() - started))
+
+
+def ceiling(content: bytes, shape: tuple[int, ...], seconds: float, processes: int) -> float:
+    """Batch-1 calls/s of in-process LiteRT: ``processes`` interpreters, one thread each."""
+    context = get_context("spawn")
+    queue = context.Queue()
+    children = [
+        context.Process(target=_ceiling_worker, args=(content, shape, seconds, queue))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    rates = [queue.get(timeout=seconds + 120) for _ in children]
+    for child in children:
+        child.join()
+    return float(sum(rates))
+
+
+# --- the server ----------------------------------------------------------------------
+@dataclass
+class Server:
+    """A running ``sealserve serve``."""
+
+    process: subprocess.Popen[bytes]
+    rest: int
+    grpc: int
+
+    @property
+    def url(self) -> str:
+        """Base REST URL."""
+        return f"http://127.0.0.1:{self.rest}"
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+
+def run_cli(*args: str, env: dict[str, str]) -> str:
+    """Run the real command line; its stdout."""
+    return subprocess.run(  # noqa: S603 - our own console script
+        [SEALSERVE, *args], env=env, capture_output=True, text=True, check=True, timeout=600
+    ).stdout
+
+
+def start(env: dict[str, str], log: Path, **extra: str) -> Server:
+    """``sealserve serve`` on fixed local ports, once it is ready."""
+    env = {**env, **extra}
+    with log.open("ab") as handle:
+        process = subprocess.Popen(  # noqa: S603 - our own console script
+            [SEALSERVE, "serve"], env=env, stdout=handle, stderr=subprocess.STDOUT
+        )
+    server = Server(process, int(env["SEALSERVE_REST_PORT"]), int(env["SEALSERVE_GRPC_PORT"]))
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"{server.url}/v2/health/ready", timeout=1):  # noqa: S310
+                return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    msg = f"server did not start; see {log}"
+    raise RuntimeError(msg)
+
+
+def token(url: str, client: dict[str, str]) -> str:
+    """An access token from the server's token endpoint."""
+    basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
+    request = urllib.request.Request(  # noqa: S310 - a local URL we built
+        f"{url}/v1/auth/token",
+        data=b"grant_type=client_credentials",
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310
+        return str(json.load(reply)["access_token"])
+
+
+def outcomes(url: str) -> dict[str, float]:
+    """``sealserve_inference_requests_total`` summed by outcome."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:  # noqa: S310
+        text = reply.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("sealserve_inference_requests_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            totals[outcome] = totals.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+# --- load generators -------------------------------------------------------------------
+@dataclass
+class Point:
+    """One measured point."""
+
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    failed: int
+
+
+WRK_SCRIPT = """
+local f = io.open(os.getenv("BENCH_BODY"), "rb"); local body = f:read("*a"); f:close()
+wrk.method = "POST"; wrk.body = body
+wrk.headers["Content-Type"] = os.getenv("BENCH_TYPE")
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+local header = os.getenv("BENCH_HEADER_LENGTH")
+if header ~= nil and header ~= "" then wrk.headers["Inference-Header-Content-Length"] = header end
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+if pause > 0 then delay = function() return pause end end
+done = function(summary, latency, requests)
+  io.write(string.format("BENCH %f %f %f %d\\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+@dataclass
+class Body:
+    """A request body for one route."""
+
+    path: str
+    data: bytes
+    content_type: str = "application/json"
+    header_length: int | None = None
+
+
+def wrk(
+    url: str, body: Body, tok: str, *, connections: int, seconds: float, delay_ms: float = 0
+) -> Point:
+    """REST load with wrk at ``connections`` connections (closed loop unless ``delay_ms``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script, data = Path(tmp) / "bench.lua", Path(tmp) / "body"
+        script.write_text(WRK_SCRIPT)
+        data.write_bytes(body.data)
+        env = {
+            **os.environ,
+            "BENCH_BODY": str(data),
+            "BENCH_TYPE": body.content_type,
+            "BENCH_TOKEN": tok,
+            "BENCH_HEADER_LENGTH": "" if body.header_length is None else str(body.header_length),
+            "BENCH_DELAY_MS": str(delay_ms),
+        }
+        threads = min(2, connections)
+        result = subprocess.run(  # noqa: S603 - fixed arguments
+            [  # noqa: S607 - wrk from the system
+                "wrk",
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{seconds:g}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                url + body.path,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    line = next(x for x in result.stdout.splitlines() if x.startswith("BENCH "))
+    rate, p50, p99, failed = line.split()[1:]
+    return Point(float(rate), float(p50), float(p99), int(failed))
+
+
+def grpc_frame(model: str, x: np.ndarray) -> bytes:
+    """A length-prefixed gRPC message holding a ModelInferRequest with raw input bytes."""
+    from protos import inference_pb2  # noqa: PLC0415 - after sys.path is set
+
+    request = inference_pb2.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    del tensor
+    request.raw_input_contents.append(x.astype("<f4").tobytes())
+    message = request.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def h2load(server: Server, frame: bytes, tok: str, *, concurrency: int, seconds: float) -> Point:
+    """Load gRPC with h2load: ``concurrency`` streams over up to 16 connections."""
+    connections = min(concurrency, 16)
+    streams = max(1, concurrency // connections)
+    before = outcomes(server.url)
+    with tempfile.TemporaryDirectory() as tmp:
+        data, log = Path(tmp) / "frame", Path(tmp) / "log"
+        data.write_bytes(frame)
+        result = subprocess.run(  # noqa: S603 - fixed arguments
+            [  # noqa: S607 - h2load from the system
+                "h2load",
+                "-D",
+                f"{seconds:g}",
+                "-c",
+                str(connections),
+                "-m",
+                str(streams),
+                "-t",
+                str(min(2, connections)),
+                "-d",
+                str(data),
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                "-H",
+                f"authorization: Bearer {tok}",
+                "--log-file",
+                str(log),
+                f"http://127.0.0.1:{server.grpc}{GRPC_PATH}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows = [line.split("\t") for line in log.read_text().splitlines() if line]
+    after = outcomes(server.url)
+    done = [row for row in rows if row[1] == "200"]
+    micros = np.array([float(row[2]) for row in done]) if done else np.array([0.0])
+    found = re.search(r"^finished in ([0-9.]+)(m?s),", result.stdout, re.MULTILINE)
+    elapsed = seconds
+    if found:
+        elapsed = float(found.group(1)) / (1000 if found.group(2) == "ms" else 1)
+    failed_server = sum(v - before.get(k, 0.0) for k, v in after.items() if k != "ok")
+    return Point(
+        len(done) / elapsed,
+        float(np.percentile(micros, 50)) / 1000,
+        float(np.percentile(micros, 99)) / 1000,
+        (len(rows) - len(done)) + int(failed_server),
+    )
+
+
+# --- the run ---------------------------------------------------------------------------
+def v2_json(model: str, x: np.ndarray) -> Body:
+    """Open Inference Protocol JSON body."""
+    inputs = [
+        {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
+    ]
+    return Body(f"/v2/models/{model}/infer", json.dumps({"inputs": inputs}).encode())
+
+
+def v2_binary(model: str, x: np.ndarray) -> Body:
+    """Open Inference Protocol body with the binary tensor extension."""
+    raw = x.astype("<f4").tobytes()
+    header = {
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "FP32",
+                "shape": list(x.shape),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ],
+    }
+    head = json.dumps(header).encode()
+    return Body(f"/v2/models/{model}/infer", head + raw, "application/octet-stream", len(head))
+
+
+def tfs_predict(model: str, x: np.ndarray) -> Body:
+    """TF Serving REST ``:predict`` body (row format)."""
+    return Body(f"/v1/models/{model}:predict", json.dumps({"instances": x.tolist()}).encode())
+
+
+@dataclass
+class Setup:
+    """What the runs share."""
+
+    env: dict[str, str]
+    data_dir: Path
+    clients: dict[str, dict[str, str]]
+
+
+def prepare(work: Path, *, with_cnn: bool) -> Setup:
+    """Data directory with the demo tenant, the CNN and a second tenant."""
+    data_dir = work / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALSERVE_")}
+    env |= {
+        "SEALSERVE_DATA_DIR": str(data_dir),
+        "SEALSERVE_LOG_LEVEL": "WARNING",
+        "SEALSERVE_REST_PORT": "18700",
+        "SEALSERVE_GRPC_PORT": "18701",
+        "SEALSERVE_MAX_MODEL_BYTES": str(512 * 1024 * 1024),
+    }
+    run_cli("init", "--demo", env=env)
+    if with_cnn:
+        if not CNN_FILE.exists():
+            print("building the CNN with TensorFlow (cached for later runs)...", flush=True)
+            build_cnn(CNN_FILE)
+        run_cli("models", "push", str(CNN_FILE), "--name", "cnn", "--tenant", "demo", env=env)
+    run_cli("tenants", "create", "flood", env=env)
+    run_cli("models", "push", str(DIGITS_FILE), "--name", "digits", "--tenant", "flood", env=env)
+    flood = json.loads(
+        run_cli(
+            "clients", "create", "--tenant", "flood", "--role", "tenant-client", "--json", env=env
+        )
+    )
+    demo = json.loads((data_dir / "demo-client.json").read_text())
+    return Setup(env, data_dir, {"demo": demo, "flood": flood})
+
+
+def throughput(setup: Setup, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """Every model x protocol x concurrency point on one server."""
+    digits = np.random.default_rng(0).random((1, 64), dtype=np.float32)
+    cnn = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
+    server = start(setup.env, setup.data_dir / "server.log", SEALSERVE_WORKERS=str(args.workers))
+    try:
+        tok = token(server.url, setup.clients["demo"])
+        cases: list[tuple[str, str, Any]] = []
+        if args.only in ("all", "digits"):
+            cases += [
+                ("digits", "REST v2 (JSON)", v2_json("digits", digits)),
+                ("digits", "REST TF Serving :predict", tfs_predict("digits", digits)),
+                ("digits", "gRPC v2", grpc_frame("digits", digits)),
+            ]
+        if args.only in ("all", "cnn"):
+            cases += [
+                ("cnn", "REST v2 (binary tensors)", v2_binary("cnn", cnn)),
+                ("cnn", "gRPC v2", grpc_frame("cnn", cnn)),
+            ]
+        for model, protocol, body in cases:
+            # Warm up first: the first calls load the model on each worker.
+            warm = token(server.url, setup.clients["demo"])
+            if isinstance(body, Body):
+                wrk(server.url, body, warm, connections=8, seconds=3)
+            else:
+                h2load(server, body, warm, concurrency=8, seconds=3)
+            for concurrency in CONCURRENCY:
+                tok = token(server.url, setup.clients["demo"])  # never expires mid-run
+                if isinstance(body, Body):
+                    point = wrk(
+                        server.url, body, tok, connections=concurrency, seconds=args.seconds
+                    )
+                else:
+                    point = h2load(server, body, tok, concurrency=concurrency, seconds=args.seconds)
+                row = {"model": model, "protocol": protocol, "c": concurrency, **point.__dict__}
+                rows.append(row)
+                print(
+                    f"{model:7} {protocol:28} c={concurrency:<3} {point.rate:9.0f} req/s  "
+                    f"p50 {point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  "
+                    f"failed {point.failed}",
+                    flush=True,
+                )
+    finally:
+        server.stop()
+
+
+def fairness(setup: Setup, args: argparse.Namespace) -> dict[str, float]:
+    """The victim's p99 alone and next to a tenant sending 10x its rate limit."""
+    limit = args.rate_limit
+    server = start(
+        setup.env,
+        setup.data_dir / "server-fair.log",
+        SEALSERVE_WORKERS=str(args.workers),
+        SEALSERVE_TENANT_RATE_LIMIT=str(limit),
+        SEALSERVE_TENANT_MAX_CONCURRENCY="32",
+    )
+    digits = np.random.default_rng(0).random((1, 64), dtype=np.float32)
+    body = v2_json("digits", digits)
+    # The victim paces itself at a third of the limit; the flooder sends 10x the limit.
+    victim_connections, victim_delay = 4, 4 * 1000 / (limit / 3)
+    flood_connections = 20
+    flood_delay = flood_connections * 1000 / (10 * limit)
+    try:
+        victim = token(server.url, setup.clients["demo"])
+        flooder = token(server.url, setup.clients["flood"])
+        alone = wrk(
+            server.url,
+            body,
+            victim,
+            connections=victim_connections,
+            seconds=args.seconds,
+            delay_ms=victim_delay,
+        )
+        with tempfile.TemporaryFile() as out:
+            flood = subprocess.Popen(  # noqa: S603 - our own interpreter and this file
+                [
+                    sys.executable,
+                    __file__,
+                    "--flood",
+                    server.url,
+                    flooder,
+                    str(flood_connections),
+                    str(flood_delay),
+                    str(args.seconds + 2),
+                ],
+                stdout=out,
+            )
+            time.sleep(1)
+            loaded = wrk(
+                server.url,
+                body,
+                victim,
+                connections=victim_connections,
+                seconds=args.seconds,
+                delay_ms=victim_delay,
+            )
+            flood.wait()
+            out.seek(0)
+            flood_line = out.read().decode().strip()
+    finally:
+        server.stop()
+    sent, refused = (float(v) for v in flood_line.split())
+    result = {
+        "limit": limit,
+        "flood_rate": sent,
+        "flood_refused_share": refused,
+        "victim_rate": loaded.rate,
+        "p99_alone_ms": alone.p99_ms,
+        "p99_flooded_ms": loaded.p99_ms,
+        "p50_alone_ms": alone.p50_ms,
+        "p50_flooded_ms": loaded.p50_ms,
+        "victim_failed": alone.failed + loaded.failed,
+    }
+    print(
+        f"fairness: limit {limit:g}/s; flooder sent {sent:.0f} req/s ({refused:.0%} refused 429); "
+        f"victim p99 {alone.p99_ms:.2f} ms alone -> {loaded.p99_ms:.2f} ms flooded "
+        f"({loaded.p99_ms / alone.p99_ms - 1:+.0%}), victim failures {result['victim_failed']}",
+        flush=True,
+    )
+    return result
+
+
+def flood_main(url: str, tok: str, connections: int, delay_ms: float, seconds: float) -> None:
+    """The flooding tenant: paced wrk at 10x its limit; prints its send rate and 429 share."""
+    digits = np.random.default_rng(1).random((1, 64), dtype=np.float32)
+    point = wrk(
+        url,
+        v2_json("digits", digits),
+        tok,
+        connections=connections,
+        seconds=seconds,
+        delay_ms=delay_ms,
+    )
+    total = point.rate * seconds
+    print(point.rate, point.failed / total if total else 0.0)
+
+
+def write_docs(results: dict[str, Any]) -> None:
+    """Replace this benchmark's section of docs/benchmarks.md with the new figures."""
+    docs = ROOT / "docs" / "benchmarks.md"
+    marker_start = "<!-- bench/load.py: start -->"
+    marker_end = "<!-- bench/load.py: end -->"
+    lines = [marker_start, "", f"Run: {results['when']}, {results['machine']}.", ""]
+    lines += [
+        "In-process LiteRT ceiling at batch 1 (no server): "
+        + "; ".join(
+            f"{m}: {c['one']:.0f} calls/s on one thread, "
+            f"{c['all']:.0f} with {c['processes']} processes"
+            for m, c in results["ceiling"].items()
+        )
+        + ".",
+        "",
+        "| model | protocol | concurrency | req/s | p50 ms | p99 ms | failed | % of ceiling* |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        # c=1 can use one worker at a time: compare with one thread, else with all.
+        top = results["ceiling"].get(row["model"], {}).get("one" if row["c"] == 1 else "all")
+        share = f"{row['rate'] / top:.0%}" if top else ""
+        lines.append(
+            f"| {row['model']} | {row['protocol']} | {row['c']} | {row['rate']:.0f} | "
+            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['failed']} | {share} |"
+        )
+    lines += ["", "\\* of the 1-thread ceiling at c=1, of the all-workers ceiling above."]
+    fair = results.get("fairness")
+    if fair:
+        change = fair["p99_flooded_ms"] / fair["p99_alone_ms"] - 1
+        lines += [
+            "",
+            (
+                f"Fairness: per-tenant rate limit {fair['limit']:g} req/s; tenant `flood` sent "
+                f"{fair['flood_rate']:.0f} req/s ({fair['flood_refused_share']:.0%} refused "
+                f"with 429) while tenant `demo` called at a steady third of its limit: demo's "
+                f"p99 {fair['p99_alone_ms']:.2f} ms alone, {fair['p99_flooded_ms']:.2f} ms "
+                f"during the flood ({change:+.0%}); p50 {fair['p50_alone_ms']:.2f} -> "
+                f"{fair['p50_flooded_ms']:.2f} ms; {fair['victim_failed']} failed calls for demo."
+            ),
+        ]
+    lines += ["", marker_end]
+    text = docs.read_text() if docs.exists() else ""
+    if marker_start in text:
+        before, rest = text.split(marker_start, 1)
+        text = before + "\n".join(lines) + rest.split(marker_end, 1)[1]
+    else:
+        text += "\n" + "\n".join(lines) + "\n"
+    docs.write_text(text)
+
+
+def measure_ceilings(args: argparse.Namespace, *, with_cnn: bool) -> dict[str, dict[str, float]]:
+    """In-process LiteRT calls/s per model: one thread, and one process per worker."""
+    ceilings: dict[str, dict[str, float]] = {}
+    if args.only == "fairness":
+        return ceilings
+    models = [("digits", DIGITS_FILE, (1, 64))]
+    if with_cnn:
+        models.append(("cnn", CNN_FILE, (1, 224, 224, 3)))
+    for name, path, shape in models:
+        content = path.read_bytes()
+        one = ceiling(content, shape, min(args.seconds, 5), 1)
+        every = ceiling(content, shape, min(args.seconds, 5), args.workers)
+        ceilings[name] = {"one": one, "all": every, "processes": args.workers}
+        print(
+            f"ceiling {name}: {one:.0f} calls/s one thread, "
+            f"{every:.0f} with {args.workers} processes",
+            flush=True,
+        )
+    return ceilings
+
+
+def main() -> None:
+    """Parse arguments and run the benchmark."""
+    if len(sys.argv) > 1 and sys.argv[1] == "--flood":
+        url, tok, connections, delay_ms, seconds = sys.argv[2:7]
+        flood_main(url, tok, int(connections), float(delay_ms), float(seconds))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each point")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only", choices=("all", "digits", "cnn", "fairness"), default="all")
+    parser.add_argument(
+        "--rate-limit", type=float, default=200.0, help="fairness: req/s per tenant"
+    )
+    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--docs-from", type=Path, help="only render a --json file into the docs")
+    args = parser.parse_args()
+    if args.docs_from:
+        write_docs(json.loads(args.docs_from.read_text()))
+        return
+    for tool in ("wrk", "h2load"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing: apt-get install -y wrk nghttp2-client")
+    work = Path(tempfile.mkdtemp(prefix="sealserve-load-"))
+    print(f"work directory (kept if the run fails): {work}", flush=True)
+    try:
+        with_cnn = args.only in ("all", "cnn")
+        setup = prepare(work, with_cnn=with_cnn)
+        ceilings = measure_ceilings(args, with_cnn=with_cnn)
+        rows: list[dict[str, Any]] = []
+        if args.only != "fairness":
+            throughput(setup, args, rows)
+        results: dict[str, Any] = {
+            "when": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": (
+                f"{os.cpu_count()} CPUs, {args.workers} workers, {args.seconds:g} s per point"
+            ),
+            "ceiling": ceilings,
+            "rows": rows,
+        }
+        if args.only in ("all", "fairness"):
+            results["fairness"] = fairness(setup, args)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        if args.write_docs:
+            write_docs(results)
+    except BaseException:
+        print(f"failed; the servers' logs are in {work}", flush=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
