@@ -72,6 +72,7 @@ class Gateway:
             timeout=settings.infer_timeout_seconds,
             limits=limits,
             metrics=self.metrics,
+            recorder=services.recorder if settings.audit_inference else None,
         )
         self.app = create_app(
             settings=settings,

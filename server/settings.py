@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     infer_timeout_seconds: float = Field(default=30.0, gt=0)
     """How long one inference call may take end to end."""
 
+    audit_inference: bool = True
+    """Record every inference call in the audit log (batched per tenant, within a second)."""
+
     token_issuer: str = "sealserve"  # noqa: S105 - a name, not a secret
     """``iss`` of the tokens this server issues."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from server.service.audit import CallRecord
 from server.service.datatypes import element_count
 from server.service.errors import InvalidRequest, ModelNotReady, PayloadTooLarge
 from server.service.types import InferRequest, InferResponse, ModelKey, Tensor
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
     from auth import Principal
     from server.metrics import Metrics
+    from server.service.audit import AuditRecorder
     from server.service.limits import TenantLimits
     from server.service.resolver import ModelResolver
     from storage import ModelVersionInfo
@@ -70,6 +72,7 @@ class InferenceService:
         timeout: float,
         limits: TenantLimits | None = None,
         metrics: Metrics | None = None,
+        recorder: AuditRecorder | None = None,
     ) -> None:
         self._resolver = resolver
         self._backend = backend
@@ -77,6 +80,7 @@ class InferenceService:
         self._timeout = timeout
         self._limits = limits if limits is not None and limits.enabled else None
         self._metrics = metrics
+        self._recorder = recorder
 
     @staticmethod
     def server_metadata() -> dict[str, Any]:
@@ -110,7 +114,40 @@ class InferenceService:
     async def infer(
         self, principal: Principal, model: str, ref: str | None, request: InferRequest
     ) -> InferResponse:
-        """Validate ``request``, admit it under the tenant's limits and run it on a worker."""
+        """Validate ``request``, admit it under the tenant's limits and run it on a worker.
+
+        Every call, refused or not, is queued for the audit log (batched per
+        tenant, flushed within a second) when a recorder is configured.
+        """
+        if self._recorder is None:
+            return await self._infer(principal, model, ref, request)
+        started = time.perf_counter()
+        outcome, version = "success", ref or "default"
+        try:
+            response = await self._infer(principal, model, ref, request)
+            version = response.model_version
+        except Exception as exc:
+            outcome = spec_for(exc).public_code
+            raise
+        finally:
+            if principal.tenant_id is not None:
+                await self._recorder.submit_call(
+                    CallRecord(
+                        tenant_id=principal.tenant_id,
+                        model=model,
+                        version=version,
+                        subject=principal.subject,
+                        client_id=principal.client_id,
+                        outcome=outcome,
+                        latency_ms=(time.perf_counter() - started) * 1000,
+                        request_id=request.id,
+                    )
+                )
+        return response
+
+    async def _infer(
+        self, principal: Principal, model: str, ref: str | None, request: InferRequest
+    ) -> InferResponse:
         info = await self.version(principal, model, ref)
         if info.state != "ready":
             raise ModelNotReady(f"model '{model}' version {info.version} is not ready")

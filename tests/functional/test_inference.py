@@ -180,3 +180,41 @@ def test_labels_and_versions_resolve(stack) -> None:
     assert (
         httpx.get(f"{running.url}/v2/models/digits/versions/9", headers=headers).status_code == 404
     )
+
+
+def test_inference_calls_reach_the_audit_log(stack) -> None:
+    """Each call (refused ones too) is recorded within a second, in its own tenant's log only."""
+    import time
+
+    running, _, tokens = stack
+    x, _ = digits_test_split()
+    headers = _auth(tokens, "other")
+    body = {
+        "id": "audited-1",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 64], "data": x[:2].tolist()}],
+    }
+    for _ in range(3):
+        assert (
+            httpx.post(
+                f"{running.url}/v2/models/secret/infer", json=body, headers=headers
+            ).status_code
+            == 200
+        )
+    bad = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+    assert (
+        httpx.post(f"{running.url}/v2/models/secret/infer", json=bad, headers=headers).status_code
+        == 400
+    )
+    time.sleep(1.5)
+    entries = httpx.get(
+        f"{running.url}/admin/v1/audit?action=inference.calls&limit=100", headers=headers
+    ).json()["entries"]
+    calls = [
+        call for entry in entries for call in entry["details"]["calls"] if call["model"] == "secret"
+    ]
+    assert (
+        len([c for c in calls if c["outcome"] == "success" and c["request_id"] == "audited-1"]) == 3
+    )
+    assert any(c["outcome"] == "invalid_request" for c in calls)
+    assert all(c["version"] in ("1", "default") and c["latency_ms"] >= 0 for c in calls)
+    assert {e["tenant_id"] for e in entries} == {entries[0]["tenant_id"]}  # only tenant 'other'
