@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -589,7 +590,7 @@ def write_docs(results: dict[str, Any]) -> None:
 def measure_ceilings(args: argparse.Namespace, *, with_cnn: bool) -> dict[str, dict[str, float]]:
     """In-process LiteRT calls/s per model: one thread, and one process per worker."""
     ceilings: dict[str, dict[str, float]] = {}
-    if args.only == "fairness":
+    if args.only in ("fairness", "audit"):
         return ceilings
     models = [("digits", DIGITS_FILE, (1, 64))]
     if with_cnn:
@@ -607,7 +608,41 @@ def measure_ceilings(args: argparse.Namespace, *, with_cnn: bool) -> dict[str, d
     return ceilings
 
 
-def main() -> None:
+def audit_overhead(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
+    """Digits over REST at c=64, inference auditing on and off, alternated to share the noise."""
+    digits = np.random.default_rng(0).random((1, 64), dtype=np.float32)
+    body = v2_json("digits", digits)
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(args.rounds):
+        for mode in ("on", "off"):
+            server = start(
+                setup.env,
+                setup.data_dir / f"server-audit-{mode}.log",
+                SEALSERVE_WORKERS=str(args.workers),
+                SEALSERVE_AUDIT_INFERENCE="true" if mode == "on" else "false",
+            )
+            try:
+                tok = token(server.url, setup.clients["demo"])
+                wrk(server.url, body, tok, connections=8, seconds=2)  # load the model everywhere
+                point = wrk(server.url, body, tok, connections=64, seconds=args.seconds)
+            finally:
+                server.stop()
+            rates[mode].append(point.rate)
+            print(
+                f"audit {mode:3}  {point.rate:9.0f} req/s  p99 {point.p99_ms:7.2f} ms  "
+                f"failed {point.failed}",
+                flush=True,
+            )
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    print(
+        f"audit on / off: {on:.0f} / {off:.0f} req/s = {on / off:.1%} "
+        f"(target >= 90%: {'met' if on >= 0.9 * off else 'MISSED'})",
+        flush=True,
+    )
+    return {"on": on, "off": off, "ratio": on / off, "runs": rates}
+
+
+def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
     """Parse arguments and run the benchmark."""
     if len(sys.argv) > 1 and sys.argv[1] == "--flood":
         url, tok, connections, delay_ms, seconds = sys.argv[2:7]
@@ -616,7 +651,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each point")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--only", choices=("all", "digits", "cnn", "fairness"), default="all")
+    parser.add_argument(
+        "--only", choices=("all", "digits", "cnn", "fairness", "audit"), default="all"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="audit: on/off rounds")
     parser.add_argument(
         "--rate-limit", type=float, default=200.0, help="fairness: req/s per tenant"
     )
@@ -637,7 +675,7 @@ def main() -> None:
         setup = prepare(work, with_cnn=with_cnn)
         ceilings = measure_ceilings(args, with_cnn=with_cnn)
         rows: list[dict[str, Any]] = []
-        if args.only != "fairness":
+        if args.only not in ("fairness", "audit"):
             throughput(setup, args, rows)
         results: dict[str, Any] = {
             "when": time.strftime("%Y-%m-%d %H:%M"),
@@ -649,6 +687,8 @@ def main() -> None:
         }
         if args.only in ("all", "fairness"):
             results["fairness"] = fairness(setup, args)
+        if args.only in ("all", "audit"):
+            results["audit"] = audit_overhead(setup, args)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
         if args.write_docs:

@@ -83,7 +83,8 @@ class AuditRecorder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._flush()
+        while not self._queue.empty() or not self._calls.empty():
+            await self._flush()
 
     async def _run(self) -> None:
         while True:
@@ -94,17 +95,23 @@ class AuditRecorder:
                 log.exception("audit flush failed; retrying")
 
     async def _flush(self) -> None:
-        while not self._queue.empty() or not self._calls.empty():
+        # Drain only what was queued when the flush began: records arriving
+        # while it writes wait for the next tick, so a busy server writes one
+        # transaction a second rather than a stream of small ones.
+        events, calls = self._queue.qsize(), min(self._calls.qsize(), MAX_CALLS_PER_FLUSH)
+        while events > 0 or calls > 0:
             batch: list[AuditEvent] = []
-            while len(batch) < MAX_BATCH and not self._queue.empty():
+            while len(batch) < min(events, MAX_BATCH):
                 batch.append(self._queue.get_nowait())
-            batch.extend(self._call_events())
+            events -= len(batch)
+            batch.extend(self._call_events(calls))
+            calls = 0
             await run_in_threadpool(self._audit.record_many, batch)
 
-    def _call_events(self) -> list[AuditEvent]:
+    def _call_events(self, limit: int) -> list[AuditEvent]:
         by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
         taken = 0
-        while taken < MAX_CALLS_PER_FLUSH and not self._calls.empty():
+        while taken < limit and not self._calls.empty():
             call = self._calls.get_nowait()
             by_tenant[call.tenant_id].append(
                 {
