@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.auth_cases import CASES, Outcome, TokenCase, make_context
+from tests.digits import DEMO_MODEL
 from tests.servers import cli, server_env, start_server
 from tests.tokens_setup import prepare_data_dir
 
@@ -278,6 +279,27 @@ def test_no_secret_reaches_the_logs(server, admin) -> None:
         auth=(tenant_client["client_id"], tenant_client["client_secret"]),
         data={"token": good},
     )
+    # An upload by the tenant's admin, and a signing-key rotation by the operator.
+    uploader = httpx.post(
+        f"{running.url}{ADMIN_ROUTE}/logs-co/clients",
+        json={"role": "tenant-admin"},
+        headers=headers,
+    ).json()
+    secrets_seen.append(uploader["client_secret"])
+    upload_token = _token(running, uploader["client_id"], uploader["client_secret"]).json()[
+        "access_token"
+    ]
+    secrets_seen.append(upload_token)
+    uploaded = httpx.post(
+        f"{running.url}/admin/v1/models/logged/versions",
+        content=DEMO_MODEL.read_bytes(),
+        headers={
+            "Authorization": f"Bearer {upload_token}",
+            "Content-Type": "application/octet-stream",
+        },
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    cli("keys", "rotate-signing", env=env)
     master_key = (Path(env["SEALSERVE_DATA_DIR"]) / "master.key").read_text().strip()
     secrets_seen.append(master_key)
     log = running.output()
@@ -297,9 +319,12 @@ def test_no_secret_reaches_the_logs(server, admin) -> None:
         ("token.issue", "failure"),
         ("auth.failure", "failure"),
         ("auth.denied", "denied"),
+        ("model.upload", "success"),
+        ("keys.rotate-signing", "success"),
         ("token.revoke", "success"),
     } <= actions
-    dump = json.dumps(entries)
+    exported = cli("audit", "export", env=env).stdout  # the whole log, as it leaves the database
+    dump = json.dumps(entries) + exported
     for secret in secrets_seen:
         assert secret not in dump
         assert secret[:24] not in dump
