@@ -390,7 +390,8 @@ def test_other_tenants_model_is_indistinguishable_from_missing(stack) -> None:
 
 
 def _grpc_request(**changes):
-    request = inference_pb2.ModelInferRequest(model_name=changes.get("model", "digits"))
+    # Tenant 'other' and its own model: the cross-tenant test above deletes 'digits'.
+    request = inference_pb2.ModelInferRequest(model_name=changes.get("model", "secret"))
     entry = request.inputs.add(
         name=changes.get("name", "input"),
         datatype=changes.get("datatype", "FP32"),
@@ -432,7 +433,7 @@ def test_bad_grpc_request_is_named(stack, name, request_, code, words) -> None:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.ModelInfer(
-                request_, metadata=[("authorization", f"Bearer {tokens['demo']}")], timeout=10
+                request_, metadata=[("authorization", f"Bearer {tokens['other']}")], timeout=10
             )
     assert caught.value.code().name == code
     assert words in caught.value.details()
