@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     jobs_stale_seconds: float = Field(default=30.0, ge=1)
     """A running job without a heartbeat for this long is failed (its gateway died)."""
 
+    jobs_sandbox: bool = True
+    """Confine each job process with Landlock (own directory only, no TCP) where Linux has it."""
+
     intake_max_data_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     """Largest calibration, evaluation or training file, enforced while the upload streams."""
 

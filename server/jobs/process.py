@@ -93,7 +93,9 @@ def _stderr_tail(directory: JobDirectory) -> str:
 
 
 async def _follow(
-    stream: asyncio.StreamReader, on_progress: Callable[[str, float], Awaitable[None]]
+    stream: asyncio.StreamReader,
+    on_progress: Callable[[str, float], Awaitable[None]],
+    directory: JobDirectory,
 ) -> dict[str, Any] | None:
     """Read events until the stream ends; return the last ``error`` or ``done`` event."""
     final = None
@@ -111,6 +113,8 @@ async def _follow(
                 await on_progress(stage, float(fraction))
         elif event.get("event") in {"error", "done"}:
             final = event
+        elif event.get("event") == "sandbox" and not event.get("landlock"):
+            log.warning("job runs without a Landlock sandbox", job_id=directory.job_id)
     return final
 
 
@@ -157,7 +161,7 @@ async def run_job_process(
     assert process.stdout is not None  # noqa: S101 - asked for a pipe above
     try:
         async with asyncio.timeout(timeout):
-            final = await _follow(process.stdout, on_progress)
+            final = await _follow(process.stdout, on_progress, directory)
             code = await process.wait()
     except TimeoutError:
         _kill(process)

@@ -226,6 +226,7 @@ class JobSupervisor:
                 "max_ratio": settings.intake_max_archive_ratio,
             },
             "max_file_bytes": settings.intake_max_unpacked_bytes + settings.max_model_bytes,
+            "sandbox": settings.jobs_sandbox,
         }
         directory.prepare_run()
         directory.spec.write_text(json.dumps(spec), encoding="utf-8")

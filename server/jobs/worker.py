@@ -14,8 +14,10 @@ lines on its standard output::
 
 Everything else it prints (TensorFlow's and Keras's chatter) goes to stderr,
 which the supervisor keeps for the operator's log. Limits are applied here,
-before anything is loaded: no core dumps, no file larger than the job's
-budget, and the process ends itself if the gateway that started it dies.
+before the upload is opened: no core dumps, no file larger than the job's
+budget, a Landlock sandbox where the kernel has one (``server.jobs.sandbox``:
+only its own directory writable, no TCP), and the process ends itself if the
+gateway that started it dies.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import IO, Any
 
 from compress import CompressionError, IntakeLimits, ModelKind, compress_model, parse_options
 from server.jobs.layout import JobDirectory
+from server.jobs.sandbox import confine, default_read_paths
 
 EXIT_REFUSED = 2
 EXIT_CRASHED = 3
@@ -120,6 +123,9 @@ def main(argv: list[str]) -> int:
     try:
         spec = json.loads(directory.spec.read_text(encoding="utf-8"))
         _limit_resources(int(spec["max_file_bytes"]))
+        if spec.get("sandbox", True):
+            abi = confine(writable=directory.root, readable=default_read_paths())
+            events.emit("sandbox", landlock=abi)
         return run(directory, spec, events)
     except Exception as exc:  # noqa: BLE001 - the one place a crash becomes a clean refusal
         traceback.print_exc()
