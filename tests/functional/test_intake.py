@@ -325,6 +325,30 @@ def test_jobs_are_tenant_scoped_and_audited(intake, submitted):
     ]
 
 
+def test_operator_mode_queues_the_job_and_runs_it_beside_the_server(intake, submitted):
+    """`models push --tenant` (no URL) runs the job itself on the data directory, same report."""
+    done = cli(
+        "models",
+        "push",
+        str(intake.model),
+        "--name",
+        "operator",
+        "--quantize",
+        "dynamic",
+        "--eval-data",
+        str(intake.evaluation),
+        "--tenant",
+        "acme",
+        "--json",
+        env=intake.env,
+    )
+    job = json.loads(done.stdout)
+    assert (job["state"], job["version"]) == ("ready", 1), job
+    assert job["result"]["report"]["size_ratio"] >= 3.4
+    listed = httpx.get(f"{intake.url}/admin/v1/models/operator", headers=intake.headers())
+    assert listed.json()["versions"][0]["report"] == job["result"]["report"]
+
+
 def test_staging_is_empty_once_every_job_is_over(intake, submitted):
     """Every job removed its private directory, whatever its outcome."""
     for name in JOBS:
