@@ -188,6 +188,10 @@ class JobStore:
         query = select(Job).where(Job.state == "queued", Job.site == site)
         if job_id is not None:
             query = query.where(Job.id == job_id)
+        # Supervisors poll: look before taking the write lock (SQLite has one for all).
+        with unit_of_work(self._sessions) as session:
+            if session.scalar(query.with_only_columns(Job.id).limit(1)) is None:
+                return None
         query = query.order_by(Job.created_at, Job.id).limit(1).with_for_update(skip_locked=True)
         with unit_of_work(self._sessions, write=True) as session:
             row = session.scalar(query)
@@ -279,12 +283,12 @@ class JobStore:
         Any gateway may do this for any site: a dead gateway cannot.
         """
         cutoff = utcnow() - older_than
+        query = select(Job).where(Job.state == "running", Job.heartbeat_at < cutoff)
+        with unit_of_work(self._sessions) as session:
+            if session.scalar(query.with_only_columns(Job.id).limit(1)) is None:
+                return []
         with unit_of_work(self._sessions, write=True) as session:
-            rows = session.scalars(
-                select(Job)
-                .where(Job.state == "running", Job.heartbeat_at < cutoff)
-                .with_for_update(skip_locked=True)
-            ).all()
+            rows = session.scalars(query.with_for_update(skip_locked=True)).all()
             for row in rows:
                 message = "the job was interrupted (its server stopped); upload the model again"
                 _end(row, state="failed", error=message)

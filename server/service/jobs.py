@@ -214,6 +214,7 @@ class JobService:
             student=paths.get("student"),
         )
         await run_in_threadpool(self._check_contents, kind, paths)
+        actor = current_actor(principal)  # here: the request's context is this task's
         record = await run_in_threadpool(
             lambda: self._store.create(
                 job_id=upload.job_id,
@@ -223,7 +224,7 @@ class JobService:
                 inputs=[role for role in FILE_ROLES if role in paths],
                 options=parsed.model_dump(mode="json", exclude_defaults=True),
                 site=self._site,
-                actor=current_actor(principal),
+                actor=actor,
             )
         )
         if self._on_submit is not None:
