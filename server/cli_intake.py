@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
+    import httpx
     from rich.console import Console
 
 POLL_SECONDS = 0.5
@@ -26,6 +30,63 @@ FINAL_STATES = ("ready", "failed")
 
 class FlagError(ValueError):
     """The flags do not make a valid options object."""
+
+
+@dataclass
+class Upload:
+    """What one push sends: the files by form part, and the options object."""
+
+    files: dict[str, Path]
+    options: dict[str, Any]
+
+    @property
+    def is_job(self) -> bool:
+        """A bare .tflite with nothing else keeps the synchronous path (201, no job)."""
+        bare = set(self.files) == {"model"} and self.files["model"].suffix.lower() == ".tflite"
+        return bool(self.options) or not bare
+
+
+class _Counted:
+    """A file httpx streams into the form, advancing the progress bar as it is read."""
+
+    def __init__(self, handle: BinaryIO, progress: Progress, task: Any) -> None:
+        self._handle = handle
+        self._progress = progress
+        self._task = task
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        self._progress.update(self._task, advance=len(chunk))
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+
+def _counted(handle: BinaryIO, progress: Progress, task: Any) -> IO[bytes]:
+    # httpx only reads, seeks, tells and stats what it is given: _Counted does those.
+    return cast("IO[bytes]", _Counted(handle, progress, task))
+
+
+def post_form(
+    client: httpx.Client, name: str, upload: Upload, *, progress: Progress
+) -> httpx.Response:
+    """Stream the upload as a multipart form, the bar following the bytes sent."""
+    total = sum(path.stat().st_size for path in upload.files.values())
+    task = progress.add_task("uploading", total=total)
+    with ExitStack() as stack:
+        files = {
+            part: (path.name, _counted(stack.enter_context(path.open("rb")), progress, task))
+            for part, path in upload.files.items()
+        }
+        data = {"options": json.dumps(upload.options)} if upload.options else None
+        return client.post(f"/admin/v1/models/{name}/versions", files=files, data=data)
 
 
 def _base_options(options_json: str | None) -> dict[str, Any]:

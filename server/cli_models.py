@@ -13,10 +13,9 @@ import json
 import shutil
 import sys
 import threading
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import httpx
 import typer
@@ -26,7 +25,7 @@ from rich.table import Table
 
 from auth import AuthError
 from compress import CompressionError
-from server.cli_intake import FlagError, build_options, follow, report_tables
+from server.cli_intake import FlagError, Upload, build_options, follow, post_form, report_tables
 from server.demo.setup import operator_principal
 from server.service.errors import ServiceError
 from server.service.jobs import job_document
@@ -105,23 +104,6 @@ def _data_option(flag: str, what: str) -> Any:
     return typer.Option(flag, exists=True, dir_okay=False, help=what)
 
 
-@dataclass
-class _Upload:
-    """What one push sends: the files by form part, and the options object."""
-
-    files: dict[str, Path]
-    options: dict[str, Any]
-
-    @property
-    def is_job(self) -> bool:
-        # A bare .tflite with nothing else keeps the synchronous path (201, no job).
-        return bool(self.options) or set(self.files) != {"model"} or not _is_tflite(self.files)
-
-
-def _is_tflite(files: dict[str, Path]) -> bool:
-    return files["model"].name.lower().endswith(".tflite")
-
-
 @app.command("push")
 def push(
     file: Annotated[
@@ -197,13 +179,15 @@ def push(
         "training": train_data,
         "student": student,
     }
-    upload = _Upload({k: v for k, v in parts.items() if v is not None}, options)
+    upload = Upload({k: v for k, v in parts.items() if v is not None}, options)
     if url:
         with _remote(url, token) as client:
             if not upload.is_job:
                 _print_version(_push_tflite(client, name, file), as_json=as_json)
                 return
-            job = _check(_post_form(client, name, upload))
+            with _progress_bar() as progress:
+                reply = post_form(client, name, upload, progress=progress)
+            job = _check(reply)
             if wait:
                 job = follow(lambda: _check(client.get(job["links"]["self"])), console=err)
     else:
@@ -267,48 +251,8 @@ def _push_tflite(client: httpx.Client, name: str, file: Path) -> Any:
     return _check(reply)
 
 
-class _Counted:
-    """A file httpx streams into the form, advancing the progress bar as it is read."""
-
-    def __init__(self, handle: BinaryIO, progress: Progress, task: Any) -> None:
-        self._handle = handle
-        self._progress = progress
-        self._task = task
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = self._handle.read(size)
-        self._progress.update(self._task, advance=len(chunk))
-        return chunk
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._handle.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._handle.tell()
-
-    def fileno(self) -> int:
-        return self._handle.fileno()
-
-
-def _counted(handle: BinaryIO, progress: Progress, task: Any) -> IO[bytes]:
-    # httpx only reads, seeks, tells and stats what it is given: _Counted does those.
-    return cast("IO[bytes]", _Counted(handle, progress, task))
-
-
-def _post_form(client: httpx.Client, name: str, upload: _Upload) -> httpx.Response:
-    total = sum(path.stat().st_size for path in upload.files.values())
-    with ExitStack() as stack, _progress_bar() as progress:
-        task = progress.add_task("uploading", total=total)
-        files = {
-            part: (path.name, _counted(stack.enter_context(path.open("rb")), progress, task))
-            for part, path in upload.files.items()
-        }
-        data = {"options": json.dumps(upload.options)} if upload.options else None
-        return client.post(f"/admin/v1/models/{name}/versions", files=files, data=data)
-
-
 def _run_locally(
-    services: Any, principal: Any, name: str, upload: _Upload, *, wait: bool
+    services: Any, principal: Any, name: str, upload: Upload, *, wait: bool
 ) -> dict[str, Any]:
     """Queue the job on the data directory and run it in a child process of this command."""
     staged = services.jobs.new_upload()
