@@ -322,6 +322,9 @@ class JobSupervisor:
         state = "failed" if error is not None else "ready"
 
         def finish() -> None:
+            # The uploaded files and results go before the job is seen as done:
+            # whoever reads a finished job finds its staging already empty.
+            shutil.rmtree(JobDirectory.of(self.root, job.id).root, ignore_errors=True)
             if note is not None:
                 self._store.progress(job.id, progress=_RUN_SHARE, message=note)
             done = self._store.finish(
