@@ -196,6 +196,10 @@ class SigningKeys:
         )
 
 
+def _is_public(operation: str | None) -> bool:
+    return operation is not None and operation in OPERATIONS and OPERATIONS[operation] is None
+
+
 class AccessControl:
     """Authenticates calls, authorizes operations, and issues tokens."""
 
@@ -221,10 +225,10 @@ class AccessControl:
         """``check`` for a live call: a refusal is also queued for the audit log."""
         principal: Principal | None = None
         try:
-            if operation in OPERATIONS and OPERATIONS[operation] is None:
+            if _is_public(operation):
                 return None
             principal = self.authenticate(authorization)
-            return self.check(operation, authorization)
+            return self._permit(operation, principal)
         except AuthError as exc:
             if self.recorder is not None:
                 denied = isinstance(exc, PermissionDenied)
@@ -253,9 +257,13 @@ class AccessControl:
         An operation missing from the policy table is denied (after
         authentication, so an anonymous caller still learns nothing).
         """
-        if operation is not None and operation in OPERATIONS and OPERATIONS[operation] is None:
+        if _is_public(operation):
             return None
-        principal = self.authenticate(authorization)
+        return self._permit(operation, self.authenticate(authorization))
+
+    @staticmethod
+    def _permit(operation: str | None, principal: Principal) -> Principal:
+        """Authorize an authenticated principal for ``operation`` by the policy table."""
         scope = OPERATIONS.get(operation) if operation is not None else None
         if scope is None:
             raise PermissionDenied(detail=f"operation {operation!r} is not in the policy table")
