@@ -53,14 +53,8 @@ def _unb64(value: Any) -> Any:
 def _tensor(name: str, values: Any, datatype: str) -> Tensor:
     if datatype == "BYTES":
         values = _unb64(values)
-    try:
-        shape = np.shape(np.asarray(values, dtype=object if datatype == "BYTES" else None))
-    except ValueError:
-        raise InvalidRequest(
-            f"input '{name}': values are not a regular (rectangular) array"
-        ) from None
-    shape = tuple(int(dim) for dim in shape)
-    return Tensor(name, datatype, shape, json_array(values, datatype, shape, name=name))
+    array = json_array(values, datatype, None, name=name)
+    return Tensor(name, datatype, tuple(int(dim) for dim in array.shape), array)
 
 
 def parse_predict(body: bytes, signature: dict[str, Any]) -> tuple[InferRequest, bool]:

@@ -20,7 +20,7 @@ from server.service.errors import InvalidRequest
 from server.service.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
-_KINDS: dict[str, str] = {"BOOL": "b", "BYTES": "USO"}
+_KINDS: dict[str, str] = {"BOOL": "b"}
 _INT_KINDS = "iub"
 _FLOAT_KINDS = "fiub"
 
@@ -39,9 +39,16 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def json_array(data: Any, datatype: str, shape: tuple[int, ...], *, name: str) -> npt.NDArray[Any]:
-    """A JSON ``data`` value (nested or flat) as an array of ``shape`` and ``datatype``."""
+def json_array(
+    data: Any, datatype: str, shape: tuple[int, ...] | None, *, name: str
+) -> npt.NDArray[Any]:
+    """A JSON ``data`` value (nested or flat) as an array of ``shape`` and ``datatype``.
+
+    ``shape=None`` takes the shape from the nesting of ``data`` (TF Serving bodies).
+    """
     dtype = numpy_dtype(datatype)
+    if datatype == "BYTES":
+        return _bytes_array(data, shape, name=name)
     try:
         raw = np.asarray(data)
     except ValueError:
@@ -59,23 +66,40 @@ def json_array(data: Any, datatype: str, shape: tuple[int, ...], *, name: str) -
         raw = exact
     if raw.size and raw.dtype.kind not in allowed:
         raise InvalidRequest(f"input '{name}': data does not hold {datatype} values")
+    if shape is None:
+        shape = tuple(int(dim) for dim in raw.shape)
     if raw.size != element_count(shape):
         raise InvalidRequest(
             f"input '{name}': {raw.size} values for shape {list(shape)} "
             f"({element_count(shape)} expected)"
         )
-    if datatype == "BYTES":
-        flat = np.empty(raw.size, dtype=object)
-        flat[:] = [
-            item.encode() if isinstance(item, str) else bytes(item) for item in raw.reshape(-1)
-        ]
-        return flat.reshape(shape)
     if dtype.kind in "iu" and raw.size:
         # astype would wrap out-of-range integers silently; refuse them instead.
         limits = np.iinfo(dtype)
         if raw.min() < limits.min or raw.max() > limits.max:
             raise InvalidRequest(f"input '{name}': values out of range for {datatype}")
     return raw.astype(dtype, copy=False).reshape(shape)
+
+
+def _bytes_array(data: Any, shape: tuple[int, ...] | None, *, name: str) -> npt.NDArray[Any]:
+    # Object dtype on purpose: numpy's fixed-width bytes type drops trailing NULs.
+    try:
+        raw = np.asarray(data, dtype=object)
+    except ValueError:
+        raise InvalidRequest(f"input '{name}': data is not a regular (rectangular) array") from None
+    flat = raw.reshape(-1)
+    if not all(isinstance(item, str | bytes) for item in flat):
+        raise InvalidRequest(f"input '{name}': data must be a regular array of strings")
+    if shape is None:
+        shape = tuple(int(dim) for dim in raw.shape)
+    if flat.size != element_count(shape):
+        raise InvalidRequest(
+            f"input '{name}': {flat.size} values for shape {list(shape)} "
+            f"({element_count(shape)} expected)"
+        )
+    result = np.empty(flat.size, dtype=object)
+    result[:] = [item.encode() if isinstance(item, str) else item for item in flat]
+    return result.reshape(shape)
 
 
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:

@@ -43,7 +43,7 @@ def test_rest_json(identity) -> None:
     running, tokens = identity
     inputs = _all_inputs()
     inputs["BYTES"] = np.array(
-        [[b"", b"caf\xc3\xa9", b"x"], [b"a", b"b", b"\xe2\x82\xac"]], dtype=object
+        [[b"", b"caf\xc3\xa9", b"x"], [b"a", b"trailing nul\x00", b"\xe2\x82\xac"]], dtype=object
     )
     body = {
         "inputs": [
