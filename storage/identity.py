@@ -18,7 +18,7 @@ from storage.audit import Actor, AuditLog
 from storage.crypto.envelope import associated_data, unwrap_key_bytes, wrap_key
 from storage.db import unit_of_work
 from storage.errors import Conflict, NotFound
-from storage.models import Client, RevokedToken, SigningKey, Tenant
+from storage.models import AuditEntry, Client, RevokedToken, SigningKey, Tenant
 from storage.secrets import server_secret
 from storage.types import utcnow
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from storage.crypto.master import MasterKeyRing
 
 CLIENT_NOT_FOUND = "client '{client_id}' not found"
+TENANT_DELETED = "tenant.delete"
+"""The audit action ``Registry.delete_tenant`` records; the deny-list reads it back."""
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,21 @@ class SigningKeyRecord:
 
 @dataclass(frozen=True)
 class DenySnapshot:
-    """Revoked token ids, suspended tenant ids and revoked client ids, at one moment."""
+    """Revoked token ids, suspended and deleted tenant ids, revoked client ids, at one moment.
+
+    Tenants are refused by what is known *against* them (suspended, deleted),
+    never by absence from a list of live ones: a tenant created a moment ago
+    is in no snapshot yet and must still be served.
+    """
 
     token_ids: frozenset[str]
     suspended_tenants: frozenset[str]
     revoked_clients: frozenset[str]
+    deleted_tenants: frozenset[str] = frozenset()
+
+    def tenant_refused(self, tenant_id: str) -> bool:
+        """Whether tokens naming this tenant must be refused (suspended or deleted)."""
+        return tenant_id in self.suspended_tenants or tenant_id in self.deleted_tenants
 
 
 def _client(row: Client) -> ClientRecord:
@@ -190,6 +202,7 @@ class IdentityStore:
                 revoked_clients=frozenset(
                     session.scalars(select(Client.client_id).where(Client.revoked_at.is_not(None)))
                 ),
+                deleted_tenants=_deleted_tenants(session),
             )
 
     # --- signing keys -----------------------------------------------------------------
@@ -273,6 +286,26 @@ class IdentityStore:
         """The named secret, created (by ``create``) and stored wrapped on first use."""
         with unit_of_work(self._sessions, write=True) as session:
             return server_secret(session, self._master_keys, name, create=create)
+
+
+def _deleted_tenants(session: Session) -> frozenset[str]:
+    """Ids of every tenant ever deleted, read from the audit log.
+
+    A deleted tenant's row is gone, so its id survives only in the audit
+    entry written in the deletion's own transaction (no deletion commits
+    without it, and the log is append-only). The lookup uses the index on
+    ``action`` and returns one row per deletion; tenant ids are random UUIDs,
+    never reused, so the set only ever grows by the rare deletion.
+    """
+    return frozenset(
+        tenant_id
+        for tenant_id in session.scalars(
+            select(AuditEntry.tenant_id)
+            .where(AuditEntry.action == TENANT_DELETED, AuditEntry.outcome == "success")
+            .distinct()
+        )
+        if tenant_id is not None
+    )
 
 
 def _tenant_is(tenant_id: str | None) -> Any:

@@ -58,7 +58,7 @@ def _unix(value: datetime | None) -> int | None:
 
 
 class DenyList:
-    """Revoked token ids and suspended tenants, as in-memory sets.
+    """Revoked token ids, suspended and deleted tenants, as in-memory sets.
 
     Refreshed from the database every ``max_age`` seconds by a background
     thread (``start``), so a revocation made by another gateway or the CLI
@@ -73,7 +73,9 @@ class DenyList:
         self._lock = threading.Lock()
         self._loaded_at = float("-inf")
         self._stop = threading.Event()
-        self._snapshot = DenySnapshot(frozenset(), frozenset(), frozenset())
+        self._snapshot = DenySnapshot(
+            token_ids=frozenset(), suspended_tenants=frozenset(), revoked_clients=frozenset()
+        )
 
     def refresh(self) -> None:
         """Reload the sets now."""
@@ -112,9 +114,14 @@ class DenyList:
         return jti in self._snapshot.token_ids
 
     def suspended(self, tenant_id: str) -> bool:
-        """Whether the tenant is suspended."""
+        """Whether the tenant is suspended or deleted: either way its tokens are refused.
+
+        One check for both, so every caller that refuses a suspended tenant
+        (token verification, token issuance) refuses a deleted one the same
+        way, with the same error, without a second code path to forget.
+        """
         self._fresh()
-        return tenant_id in self._snapshot.suspended_tenants
+        return self._snapshot.tenant_refused(tenant_id)
 
     def client_revoked(self, client_id: str | None) -> bool:
         """Whether the client that obtained a token has since been revoked."""
