@@ -60,7 +60,8 @@ def _oauth_error(request: Request, exc: OAuthError) -> Response:
     )
 
 
-async def _handle_error(request: Request, exc: Exception) -> Response:
+async def handle_error(request: Request, exc: Exception) -> Response:
+    """The response for any exception a route raised (also used by the inference hot path)."""
     if isinstance(exc, OAuthError):
         return _oauth_error(request, exc)
     spec = spec_for(exc)
@@ -126,5 +127,5 @@ def install_error_handlers(app: FastAPI) -> None:
     for root in {
         cls for cls in ERROR_TABLE if cls.__base__ is Exception and issubclass(cls, Exception)
     }:
-        app.add_exception_handler(root, _handle_error)
-    app.add_exception_handler(Exception, _handle_error)
+        app.add_exception_handler(root, handle_error)
+    app.add_exception_handler(Exception, handle_error)

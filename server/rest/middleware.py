@@ -15,14 +15,14 @@ if TYPE_CHECKING:
     from server.metrics import Metrics
 
 REQUEST_ID_HEADER = b"x-request-id"
-_SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == REQUEST_ID_HEADER:
             # Only echo ids that cannot inject anything into logs or headers.
-            return value.decode() if _SAFE_REQUEST_ID.match(value) else None
+            return value.decode() if SAFE_REQUEST_ID.match(value) else None
     return None
 
 

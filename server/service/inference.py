@@ -13,6 +13,7 @@ that reaches ``infer`` is counted per tenant and model in ``/metrics``.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from server.service.audit import CallRecord
@@ -23,6 +24,8 @@ from server.status import spec_for
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from prometheus_client import Counter, Histogram
 
     from auth import Principal
     from server.metrics import Metrics
@@ -81,6 +84,8 @@ class InferenceService:
         self._limits = limits if limits is not None and limits.enabled else None
         self._metrics = metrics
         self._recorder = recorder
+        self._series: dict[str, _Series] = {}
+        """Per model version id: its metric children, looked up once (the lookup locks)."""
 
     @staticmethod
     def server_metadata() -> dict[str, Any]:
@@ -185,18 +190,32 @@ class InferenceService:
     async def _measured(
         self, metrics: Metrics, info: ModelVersionInfo, request: InferRequest, wanted: list[str]
     ) -> list[Tensor]:
-        labels = (info.tenant_id, info.model_name, str(info.version))
-        if info.id not in metrics.names:
+        series = self._series.get(info.id)
+        if series is None:
+            labels = (info.tenant_id, info.model_name, str(info.version))
             metrics.names[info.id] = labels[1:]
+            series = _Series(
+                labels,
+                metrics.inference_requests.labels(*labels, "ok"),
+                metrics.inference_latency.labels(*labels),
+            )
+            self._series[info.id] = series
         started = time.perf_counter()
         try:
             outputs = await self._run(info, request, wanted)
         except Exception as exc:
-            metrics.inference_requests.labels(*labels, spec_for(exc).public_code).inc()
+            metrics.inference_requests.labels(*series.labels, spec_for(exc).public_code).inc()
             raise
-        metrics.inference_requests.labels(*labels, "ok").inc()
-        metrics.inference_latency.labels(*labels).observe(time.perf_counter() - started)
+        series.ok.inc()
+        series.latency.observe(time.perf_counter() - started)
         return outputs
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    labels: tuple[str, str, str]
+    ok: Counter
+    latency: Histogram
 
 
 def _public(tensor: dict[str, Any]) -> dict[str, Any]:

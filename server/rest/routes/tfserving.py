@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter, Request, Response
 
 from server.rest.body import read_body
@@ -9,7 +11,29 @@ from server.rest.deps import CurrentPrincipal, InferenceDep
 from server.rest.responses import json_response
 from server.rest.tfscodec import encode_predict, model_metadata, model_status, parse_predict
 
+if TYPE_CHECKING:
+    from auth import Principal
+    from server.service.inference import InferenceService
+
 router = APIRouter(prefix="/v1/models", tags=["tensorflow-serving"])
+
+
+async def run_predict(
+    inference: InferenceService,
+    principal: Principal,
+    model: str,
+    ref: str | None,
+    *,
+    body: bytes,
+) -> bytes:
+    """One predict call from its raw body: the JSON response body.
+
+    Shared by the documented routes below and the hot path (``server.rest.fastpath``).
+    """
+    info = await inference.version(principal, model, ref)
+    parsed, row = parse_predict(body, info.signature)
+    answer = await inference.infer(principal, model, str(info.version), parsed)
+    return encode_predict(answer, row=row)
 
 
 async def _predict(
@@ -19,11 +43,9 @@ async def _predict(
     model: str,
     ref: str | None,
 ) -> Response:
-    info = await inference.version(principal, model, ref)
     body = await read_body(request, inference.max_request_bytes)
-    parsed, row = parse_predict(body, info.signature)
-    answer = await inference.infer(principal, model, str(info.version), parsed)
-    return Response(encode_predict(answer, row=row), media_type="application/json")
+    content = await run_predict(inference, principal, model, ref, body=body)
+    return Response(content, media_type="application/json")
 
 
 @router.post("/{model}:predict")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter, Request, Response
 
 from server.rest.body import read_body
@@ -9,6 +11,10 @@ from server.rest.deps import CurrentPrincipal, InferenceDep
 from server.rest.errors import error_response
 from server.rest.responses import json_response
 from server.rest.v2codec import HEADER_LENGTH, encode_response, parse_request
+
+if TYPE_CHECKING:
+    from auth import Principal
+    from server.service.inference import InferenceService
 
 router = APIRouter(tags=["inference"])
 
@@ -69,6 +75,25 @@ async def version_ready(
     return await _ready(request, principal, inference, model, version)
 
 
+async def run_infer(
+    inference: InferenceService,
+    principal: Principal,
+    model: str,
+    version: str | None,
+    *,
+    body: bytes,
+    header_length: str | None,
+) -> tuple[bytes, str | None]:
+    """One infer call from its raw body: the response body and its JSON header length.
+
+    Shared by the documented route below and the hot path (``server.rest.fastpath``).
+    """
+    parsed = parse_request(body, header_length)
+    answer = await inference.infer(principal, model, version, parsed)
+    content, length = encode_response(answer, parsed)
+    return content, None if length is None else str(length)
+
+
 async def _infer(
     request: Request,
     principal: CurrentPrincipal,
@@ -77,15 +102,20 @@ async def _infer(
     version: str | None,
 ) -> Response:
     body = await read_body(request, inference.max_request_bytes)
-    parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
-    answer = await inference.infer(principal, model, version, parsed)
-    content, header_length = encode_response(answer, parsed)
+    content, header_length = await run_infer(
+        inference,
+        principal,
+        model,
+        version,
+        body=body,
+        header_length=request.headers.get(HEADER_LENGTH),
+    )
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(
         content,
         media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(header_length)},
+        headers={"Inference-Header-Content-Length": header_length},
     )
 
 
