@@ -12,18 +12,25 @@ and ``version`` are the model's name and version number in that tenant.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pickle
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from server.pool.dispatcher import RpcStats
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
+    from pathlib import Path
 
     from prometheus_client import Metric
 
-    from server.pool.dispatcher import RpcStats
     from server.pool.pool import WorkerStatus
     from server.service.types import ModelKey
 
@@ -45,12 +52,27 @@ class PoolView(Protocol):
     def rpc_stats(self) -> RpcStats:
         """Infer RPCs and calls per RPC."""
 
+    on_snapshot: Callable[[], None] | None
+    """Called after each snapshot refresh."""
+
 
 class Metrics:
-    """The server's metric families."""
+    """The server's metric families.
 
-    def __init__(self) -> None:
+    With several gateway processes (``shared_dir`` set) every process keeps
+    its counts in files there (``prometheus_client``'s multiprocess mode)
+    and publishes its pool snapshot there each second, so ``/metrics`` on
+    any of them, wherever the kernel sent the scrape, reports all of them.
+    """
+
+    def __init__(self, *, shared_dir: Path | None = None, gateway: int = 0) -> None:
+        self.shared_dir = shared_dir
+        self.gateway = gateway
+        if shared_dir is not None:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared_dir)
+            values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
+        """What ``/metrics`` exposes."""
         self.http_requests = Counter(
             "sealserve_http_requests_total",
             "HTTP requests by route template, method and status.",
@@ -91,18 +113,61 @@ class Metrics:
         )
         self.names: dict[str, tuple[str, str]] = {}
         """Model version id -> (model name, version): labels for what workers report."""
+        if shared_dir is not None:
+            # The families above write to files; the exposition reads every process's.
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry, path=str(shared_dir))  # type: ignore[no-untyped-call]
 
     def watch_pool(self, pool: PoolView) -> None:
         """Export the pool's worker state on every scrape."""
-        self.registry.register(PoolCollector(pool, self.names))
+
+        def own() -> PoolShare:
+            return PoolShare(self.gateway, list(pool.snapshot), pool.rpc_stats, dict(self.names))
+
+        shared_dir = self.shared_dir
+        if shared_dir is None:
+            self.registry.register(PoolCollector(lambda: [own()], worker_prefix=False))
+            return
+
+        def publish() -> None:
+            target = shared_dir / f"pool-{self.gateway}.pickle"
+            temporary = target.with_suffix(".tmp")
+            temporary.write_bytes(pickle.dumps(own()))
+            temporary.replace(target)
+
+        def every() -> list[PoolShare]:
+            shares = [own()]
+            for path in sorted(shared_dir.glob("pool-*.pickle")):
+                if path.name != f"pool-{self.gateway}.pickle":
+                    with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError):
+                        # Written by our own gateway processes into a 0700 directory.
+                        shares.append(pickle.loads(path.read_bytes()))  # noqa: S301
+            return shares
+
+        pool.on_snapshot = publish
+        self.registry.register(PoolCollector(every, worker_prefix=True))
+
+
+@dataclass(frozen=True, slots=True)
+class PoolShare:
+    """One gateway process's pool, as its metrics need it."""
+
+    gateway: int
+    snapshot: list[WorkerStatus]
+    rpc_stats: RpcStats
+    names: dict[str, tuple[str, str]]
 
 
 class PoolCollector(Collector):
-    """Worker families built from the pool's last status snapshot at scrape time."""
+    """Worker families built from the pools' last status snapshots at scrape time.
 
-    def __init__(self, pool: PoolView, names: dict[str, tuple[str, str]]) -> None:
-        self._pool = pool
-        self._names = names
+    Workers are labelled by index, or ``gateway.index`` with several gateways.
+    """
+
+    def __init__(self, shares: Callable[[], list[PoolShare]], *, worker_prefix: bool) -> None:
+        self._shares = shares
+        self._worker_prefix = worker_prefix
+        self._names: dict[str, tuple[str, str]] = {}
 
     def _labels(self, key: ModelKey) -> list[str]:
         model, version = self._names.get(key.version_id, (key.version_id, ""))
@@ -114,10 +179,25 @@ class PoolCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """The worker families for the current snapshot."""
-        workers = list(self._pool.snapshot)
+        shares = self._shares()
+        self._names = {key: value for share in shares for key, value in share.names.items()}
+        workers = [
+            (
+                f"{share.gateway}.{worker.index}" if self._worker_prefix else str(worker.index),
+                worker,
+            )
+            for share in shares
+            for worker in share.snapshot
+        ]
         yield from self._workers(workers)
-        yield from self._models(workers)
-        stats = self._pool.rpc_stats
+        yield from self._models([worker for _, worker in workers])
+        stats = RpcStats()
+        for share in shares:
+            stats.rpcs += share.rpc_stats.rpcs
+            stats.calls += share.rpc_stats.calls
+            stats.buckets = [
+                a + b for a, b in zip(stats.buckets, share.rpc_stats.buckets, strict=True)
+            ]
         rpc = HistogramMetricFamily(
             "sealserve_worker_rpc_calls",
             "Client calls carried per Infer RPC to a worker (gateway coalescing).",
@@ -126,7 +206,10 @@ class PoolCollector(Collector):
         rpc.add_metric([], _cumulative(RPC_BUCKETS, stats.buckets), stats.calls)
         yield rpc
 
-    def _workers(self, workers: list[WorkerStatus]) -> Iterator[Metric]:
+    def _worker_label(self, gateway: int, index: int) -> str:
+        return f"{gateway}.{index}" if self._worker_prefix else str(index)
+
+    def _workers(self, workers: list[tuple[str, WorkerStatus]]) -> Iterator[Metric]:
         gauges = {
             "up": "Whether the worker is live (1) or starting, dead or stopped (0).",
             "in_flight": "Calls sent to the worker and not answered.",
@@ -148,8 +231,8 @@ class PoolCollector(Collector):
             "Models the worker evicted to stay within its memory budget.",
             labels=["worker"],
         )
-        for worker in workers:
-            label = [str(worker.index)]
+        for name, worker in workers:
+            label = [name]
             families["up"].add_metric(label, 1.0 if worker.state == "live" else 0.0)
             families["in_flight"].add_metric(label, worker.in_flight)
             families["waiting"].add_metric(label, worker.waiting)

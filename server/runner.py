@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from server.grpc.server import GrpcGateway
 from server.metrics import Metrics
 from server.pool.pool import WorkerPool
+from server.replicas import Replicas
 from server.rest.app import create_app
+from server.rest.fastpath import InferenceFastPath
 from server.service.health import HealthService
 from server.service.inference import InferenceService
 from server.service.limits import TenantLimits
@@ -44,21 +47,42 @@ class _UvicornServer(uvicorn.Server):
 
 
 class Gateway:
-    """The REST and gRPC servers of one gateway process."""
+    """The REST and gRPC servers of one gateway process.
 
-    def __init__(self, container: Container, services: Services) -> None:
+    With ``settings.gateways`` above one, the first (``index`` 0) is the
+    primary: it binds the ports, starts the others (``server.replicas``) on
+    the same ports, and alone runs the intake job supervisor.
+    """
+
+    def __init__(
+        self,
+        container: Container,
+        services: Services,
+        *,
+        index: int = 0,
+        shared_dir: Path | None = None,
+    ) -> None:
         settings = container.settings
         self.container = container
         self.services = services
-        self.metrics = Metrics()
+        self.index = index
+        self.shared = settings.gateways > 1
+        self.shared_dir = shared_dir
+        if self.shared and shared_dir is None:
+            # The primary's: metrics of every gateway process meet here.
+            self.shared_dir = Path(tempfile.mkdtemp(prefix="sealserve-gateways-"))
+        self.metrics = Metrics(shared_dir=self.shared_dir, gateway=index)
         self.health = HealthService(container.engine)
         # Unix socket paths must stay under ~100 bytes, so not under a deep data_dir;
         # mkdtemp makes the directory private (0700) to this user.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="sealserve-"))
         self.pool = WorkerPool(
-            settings, workers=max(1, settings.workers), socket_dir=self.socket_dir
+            settings,
+            workers=worker_share(settings.workers, settings.gateways, index),
+            socket_dir=self.socket_dir,
         )
         self.metrics.watch_pool(self.pool)
+        self.replicas: Replicas | None = None
         limits = TenantLimits(
             max_concurrency=settings.tenant_max_concurrency,
             rate=settings.tenant_rate_limit,
@@ -82,11 +106,17 @@ class Gateway:
             metrics=self.metrics,
         )
         self.grpc = GrpcGateway(
-            health_service=self.health, access=services.access, inference=self.inference
+            health_service=self.health,
+            access=services.access,
+            inference=self.inference,
+            reuse_port=self.shared,
         )
         self.grpc_port = self.grpc.bind(f"{settings.host}:{settings.grpc_port}")
+        self.rest_socket: socket.socket | None = None
         config = uvicorn.Config(
-            self.app,
+            InferenceFastPath(
+                self.app, access=services.access, inference=self.inference, metrics=self.metrics
+            ),
             host=settings.host,
             port=settings.rest_port,
             log_config=None,
@@ -105,34 +135,55 @@ class Gateway:
 
     async def serve(self) -> None:
         """Serve until ``stop()`` is called or a signal arrives."""
+        settings = self.container.settings
         self.services.access.deny.start()
         self.services.recorder.start()
         await self.pool.start()
-        await self.services.supervisor.start()
+        if self.index == 0:
+            await self.services.supervisor.start()
         await self.grpc.start()
+        # Bound only now, when this process can answer: with shared ports the
+        # kernel hands connections to every listening socket of the group.
+        self.rest_socket = listen(settings.host, settings.rest_port, reuse_port=self.shared)
+        if self.shared and self.index == 0:
+            self.replicas = Replicas(
+                settings.model_copy(
+                    update={
+                        "rest_port": self.rest_socket.getsockname()[1],
+                        "grpc_port": self.grpc_port,
+                    }
+                ),
+                shared_dir=self.shared_dir,
+            )
+            self.replicas.start()
         key_reload = asyncio.create_task(self._reload_signing_keys())
-        http_task = asyncio.create_task(self.http.serve())
+        http_task = asyncio.create_task(self.http.serve(sockets=[self.rest_socket]))
         while not self.http.started:
             if http_task.done():
                 await http_task  # re-raise why it could not start
                 return
             await asyncio.sleep(0.01)
         log.info(
-            "sealserve listening",
-            rest=f"http://{self.container.settings.host}:{self.rest_port}",
-            grpc=f"{self.container.settings.host}:{self.grpc_port}",
+            "sealserve listening" if self.index == 0 else "gateway process listening",
+            rest=f"http://{settings.host}:{self.rest_port}",
+            grpc=f"{settings.host}:{self.grpc_port}",
+            gateway=self.index,
+            gateways=settings.gateways,
         )
         await self.stopping.wait()
-        log.info("shutting down", grace_seconds=self.container.settings.shutdown_grace_seconds)
+        log.info("shutting down", grace_seconds=settings.shutdown_grace_seconds)
         self.http.should_exit = True
         key_reload.cancel()
-        grace = self.container.settings.shutdown_grace_seconds
-        await asyncio.gather(http_task, self.grpc.stop(grace))
+        grace = settings.shutdown_grace_seconds
+        replicas = self.replicas.stop(grace) if self.replicas is not None else asyncio.sleep(0)
+        await asyncio.gather(http_task, self.grpc.stop(grace), replicas)
         # Running intake jobs are killed and queued again: they would outlast any grace.
         await self.services.supervisor.stop()
         await self.pool.stop(grace)
         await self.services.recorder.stop()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+        if self.index == 0 and self.shared_dir is not None:
+            shutil.rmtree(self.shared_dir, ignore_errors=True)
         self.services.access.deny.stop()
         log.info("stopped")
 
@@ -151,9 +202,33 @@ class Gateway:
         self.stopping.set()
 
 
-async def run_gateway(container: Container, services: Services) -> None:
-    """Run one gateway until SIGTERM/SIGINT."""
-    gateway = Gateway(container, services)
+def worker_share(workers: int, gateways: int, index: int) -> int:
+    """How many of ``workers`` gateway ``index`` of ``gateways`` runs (at least one)."""
+    return max(1, workers // gateways + (1 if index < workers % gateways else 0))
+
+
+def listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A listening TCP socket for the REST server (shared by every gateway when ``reuse_port``)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(False)
+    return sock
+
+
+async def run_gateway(
+    container: Container, services: Services, *, index: int = 0, shared_dir: Path | None = None
+) -> None:
+    """Run one gateway process until SIGTERM/SIGINT."""
+    gateway = Gateway(container, services, index=index, shared_dir=shared_dir)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.stop)

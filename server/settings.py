@@ -46,7 +46,15 @@ class Settings(BaseSettings):
     grpc_port: int = Field(default=8001, ge=0, le=65535)
 
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)
-    """Local inference worker processes."""
+    """Local inference worker processes (in all, divided among the gateway processes)."""
+
+    gateways: int = Field(default=1, ge=1, le=64)
+    """Gateway processes serving the same REST and gRPC ports (``SO_REUSEPORT``).
+
+    One process tops out at one core of HTTP, gRPC and token work; with more,
+    the kernel spreads connections over them. Each runs its share of the
+    workers; ``/metrics`` on any of them reports all of them.
+    """
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"

@@ -32,11 +32,14 @@ class GrpcGateway:
         access: AccessControl,
         inference: InferenceService,
         poll_seconds: float = 2.0,
+        reuse_port: bool = False,
     ) -> None:
         self.server = grpc.aio.server(
             interceptors=[GatewayInterceptor(access)],
             options=[
-                ("grpc.so_reuseport", 1),
+                # Shared only among this server's own gateway processes; otherwise
+                # a second server on the same port must fail, not split the traffic.
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
                 # Above the verifier's 8 KiB token limit, so an over-long token is
                 # refused by the same rule (UNAUTHENTICATED) on both transports.
                 ("grpc.max_metadata_size", 16 * 1024),

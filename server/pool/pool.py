@@ -1,7 +1,8 @@
 """``WorkerPool``: the gateway's local inference workers, spawned, supervised and dispatched to.
 
 One process per slot (``server.pool.process``), one reused ``grpc.aio``
-channel to each. A call goes to the worker the ``Balancer`` picks, through
+channel to each for control, and one framed connection for inference
+(``server.pool.frames``). A call goes to the worker the ``Balancer`` picks, through
 that worker's ``Coalescer`` (``server.pool.dispatcher``), which shares one
 ``Infer`` RPC among the calls that arrive together. If that worker dies
 under it (the RPC fails ``UNAVAILABLE``, or the call was still waiting), the
@@ -42,6 +43,7 @@ from server.pool.errors import (
     rpc_service_error,
     service_error,
 )
+from server.pool.frames import frames_path
 from server.pool.messages import key_from_pb, key_to_pb, tensor_from_pb, tensor_to_pb
 from server.pool.process import WorkerProcess, WorkerStartError, settings_for_worker
 from server.service.errors import (
@@ -184,10 +186,12 @@ class WorkerPool:
         """Infer RPCs sent and calls per RPC, for ``/metrics``."""
         self.snapshot: list[WorkerStatus] = []
         """Every worker's last ``Status``, refreshed each ``STATUS_INTERVAL``."""
+        self.on_snapshot: Callable[[], None] | None = None
+        """Called after each refresh of ``snapshot`` (to publish it to other gateways)."""
 
         def coalescer(slot: _Slot) -> Coalescer:
             return Coalescer(
-                lambda: slot.stub if slot.state is WorkerState.LIVE else None,
+                lambda: slot.process.frames if slot.state is WorkerState.LIVE else None,
                 max_rpcs=settings.pool_rpcs_per_worker,
                 max_calls=settings.pool_coalesce_max_calls,
                 max_pending=settings.pool_max_pending,
@@ -264,6 +268,7 @@ class WorkerPool:
                 await slot.process.wait_exit(STOP_TIMEOUT)
             await slot.process.close()
             slot.process.socket_path.unlink(missing_ok=True)
+            frames_path(slot.process.socket_path).unlink(missing_ok=True)
 
     # --- calls ---------------------------------------------------------------
     async def infer(
@@ -496,6 +501,11 @@ class WorkerPool:
             except Exception:
                 log.warning("worker status refresh failed", exc_info=True)
                 continue
+            if self.on_snapshot is not None:
+                try:
+                    self.on_snapshot()
+                except OSError:
+                    log.warning("cannot publish the worker status", exc_info=True)
             for slot, status in zip(self._slots, self.snapshot, strict=True):
                 if status.rss_bytes is None or slot.state is not WorkerState.LIVE:
                     continue

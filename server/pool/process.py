@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from protos import worker_pb2, worker_pb2_grpc
+from server.pool.frames import FrameChannel, frames_path
 from server.pool.worker import GRPC_OPTIONS
 
 if TYPE_CHECKING:
@@ -69,14 +70,17 @@ class WorkerProcess:
     """A spawned worker: its process, its socket, and the one channel to it."""
 
     def __init__(self, *, index: int, socket_path: Path) -> None:
-        if len(str(socket_path)) > MAX_SOCKET_PATH:
-            msg = f"socket path too long for a Unix socket ({len(str(socket_path))} bytes)"
+        longest = len(str(frames_path(socket_path)))
+        if longest > MAX_SOCKET_PATH:
+            msg = f"socket path too long for a Unix socket ({longest} bytes)"
             raise ValueError(msg)
         self.index = index
         self.socket_path = socket_path
         self.process: subprocess.Popen[bytes] | None = None
         self.channel: grpc.aio.Channel | None = None
         self.stub: worker_pb2_grpc.WorkerStub | None = None
+        self.frames: FrameChannel | None = None
+        """The inference connection (``server.pool.frames``), used once the worker is ready."""
         self.instance_id: str | None = None
         self.started_at = 0.0
 
@@ -108,6 +112,7 @@ class WorkerProcess:
                 stdin.flush()
         self.channel = grpc.aio.insecure_channel(f"unix:{self.socket_path}", CHANNEL_OPTIONS)
         self.stub = worker_pb2_grpc.WorkerStub(self.channel)
+        self.frames = FrameChannel(frames_path(self.socket_path))
 
     async def wait_ready(self, timeout: float) -> str:
         """Wait until the worker answers ``Ping``; returns its instance id."""
@@ -162,6 +167,9 @@ class WorkerProcess:
     async def close(self) -> None:
         """Close the channel and the lifeline; the process must already be gone or going."""
         channel, self.channel, self.stub = self.channel, None, None
+        frames, self.frames = self.frames, None
+        if frames is not None:
+            frames.close()
         if channel is not None:
             await channel.close()
         if self.process is not None and self.process.stdin is not None:

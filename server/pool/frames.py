@@ -1,0 +1,273 @@
+"""The local inference hop: ``InferRequest``/``InferResponse`` in length-prefixed frames.
+
+gRPC is what a worker speaks for control (``Ping``, ``Status``, ``Load``)
+and what a remote caller can use for ``Infer``. Between a gateway and the
+workers it spawned on the same host, though, a gRPC round trip cost several
+times what a small model's invocation does (HTTP/2 framing, per-call
+objects and callbacks on both ends), so inference takes a plainer road: the
+same protobuf messages, each in one frame, over a second Unix socket in the
+same private directory, many calls in flight on one connection.
+
+A frame is ``length:u32 | id:u64 | kind:u8`` (big-endian) and ``length``
+bytes of payload. Requests are ``kind`` 0 with a serialized ``InferRequest``;
+an answer carries the request's ``id`` and either ``kind`` 0 with a
+serialized ``InferResponse`` or ``kind`` 1 (the worker is draining: try
+another) with no payload. Answers may come back in any order.
+
+The calls' own deadlines travel inside the messages (``timeout_ms``), as
+with gRPC; the gateway also stops waiting at the RPC's deadline. A lost
+connection fails every call waiting on it with ``WorkerGone``, which the
+pool retries on another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import structlog
+
+from protos import worker_pb2
+from server.pool.dispatcher import WorkerGone
+from server.service.errors import DeadlineExceeded
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+log = structlog.get_logger(__name__)
+
+_HEADER = struct.Struct(">IQB")
+ANSWER, DRAINING = 0, 1
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+"""Largest payload either side accepts (the gateway's own request limits are smaller)."""
+
+
+def frames_path(socket_path: str | Path) -> Path:
+    """The inference socket next to a worker's gRPC socket ``socket_path``."""
+    path = Path(str(socket_path).removeprefix("unix:"))
+    return path.with_name(path.name + ".infer")
+
+
+class _Reader(asyncio.Protocol):
+    """Splits a byte stream into frames and hands each to ``on_frame``."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.Transport", transport)  # a stream socket's
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        size = _HEADER.size
+        start = 0
+        while len(buffer) - start >= size:
+            length, ident, kind = _HEADER.unpack_from(buffer, start)
+            if length > MAX_FRAME_BYTES:
+                log.warning("frame too large; closing the connection", bytes=length)
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            end = start + size + length
+            if len(buffer) < end:
+                break
+            self.on_frame(ident, kind, bytes(buffer[start + size : end]))
+            start = end
+        if start:
+            del buffer[:start]
+
+    def on_frame(self, ident: int, kind: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+
+# --- worker side ------------------------------------------------------------------
+class _ServerConnection(_Reader):
+    def __init__(self, server: FrameServer) -> None:
+        super().__init__()
+        self._server = server
+
+    def on_frame(self, ident: int, kind: int, payload: bytes) -> None:
+        del kind  # requests have one kind
+        self._server.started(self, ident, payload)
+
+    def send(self, ident: int, kind: int, payload: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(_HEADER.pack(len(payload), ident, kind) + payload)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        del exc
+        self.transport = None
+        self._server.connections.discard(self)
+
+
+class FrameServer:
+    """Answers ``InferRequest`` frames with ``handler`` on a Unix socket."""
+
+    def __init__(
+        self, handler: Callable[[worker_pb2.InferRequest], Awaitable[worker_pb2.InferResponse]]
+    ) -> None:
+        self._handler = handler
+        self._server: asyncio.AbstractServer | None = None
+        self.connections: set[_ServerConnection] = set()
+        self._running: set[asyncio.Task[None]] = set()
+        self._draining = False
+
+    async def start(self, path: Path) -> None:
+        """Listen on ``path`` (replacing a stale socket file)."""
+        path.unlink(missing_ok=True)
+
+        def connection() -> _ServerConnection:
+            protocol = _ServerConnection(self)
+            self.connections.add(protocol)
+            return protocol
+
+        self._server = await asyncio.get_running_loop().create_unix_server(connection, str(path))
+
+    def started(self, connection: _ServerConnection, ident: int, payload: bytes) -> None:
+        """A request frame arrived: answer it in its own task (or refuse it when draining)."""
+        if self._draining:
+            connection.send(ident, DRAINING, b"")
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(connection, ident, payload))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _answer(self, connection: _ServerConnection, ident: int, payload: bytes) -> None:
+        try:
+            request = worker_pb2.InferRequest.FromString(payload)
+        except Exception:  # noqa: BLE001 - a peer speaking nonsense loses its connection
+            log.warning("undecodable inference frame; closing the connection")
+            if connection.transport is not None:
+                connection.transport.abort()
+            return
+        reply = await self._handler(request)
+        connection.send(ident, ANSWER, reply.SerializeToString())
+
+    async def stop(self, grace: float) -> None:
+        """Take no new calls (callers are told to go elsewhere); give running ones ``grace``."""
+        self._draining = True
+        if self._server is not None:
+            self._server.close()
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=grace)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+
+
+# --- gateway side -----------------------------------------------------------------
+class _ClientConnection(_Reader):
+    def __init__(self, channel: FrameChannel) -> None:
+        super().__init__()
+        self._channel = channel
+
+    def on_frame(self, ident: int, kind: int, payload: bytes) -> None:
+        self._channel.answered(ident, kind, payload)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        del exc
+        self._channel.lost(self)
+
+
+class FrameChannel:
+    """One connection to a worker's inference socket, many calls in flight on it.
+
+    Has the shape of the generated stub's ``Infer`` (``server.pool.dispatcher``
+    sends through either).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._connection: _ClientConnection | None = None
+        self._connecting: asyncio.Future[_ClientConnection] | None = None
+        self._pending: dict[int, asyncio.Future[worker_pb2.InferResponse]] = {}
+        self._next_id = 0
+        self._closed = False
+
+    async def Infer(  # noqa: N802 - the worker method's name, as on the gRPC stub
+        self, request: worker_pb2.InferRequest, timeout: float
+    ) -> worker_pb2.InferResponse:
+        """Send ``request`` and wait for its answer, at most ``timeout`` seconds.
+
+        Raises ``WorkerGone`` when the connection fails or the worker is
+        draining, ``DeadlineExceeded`` when no answer came in time.
+        """
+        connection = self._connection or await self._connect()
+        transport = connection.transport
+        if transport is None or transport.is_closing():
+            raise WorkerGone
+        loop = asyncio.get_running_loop()
+        self._next_id += 1
+        ident = self._next_id
+        future: asyncio.Future[worker_pb2.InferResponse] = loop.create_future()
+        self._pending[ident] = future
+        payload = request.SerializeToString()
+        transport.write(_HEADER.pack(len(payload), ident, 0) + payload)
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            self._pending.pop(ident, None)
+
+    async def _connect(self) -> _ClientConnection:
+        if self._closed:
+            raise WorkerGone
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        try:
+            return await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    async def _open(self) -> _ClientConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, protocol = await loop.create_unix_connection(
+                lambda: _ClientConnection(self), str(self._path)
+            )
+        except OSError:
+            raise WorkerGone from None
+        self._connection = protocol
+        return protocol
+
+    def answered(self, ident: int, kind: int, payload: bytes) -> None:
+        """An answer frame arrived: settle the call it belongs to."""
+        future = self._pending.get(ident)
+        if future is None or future.done():
+            return  # timed out meanwhile
+        if kind == DRAINING:
+            future.set_exception(WorkerGone())
+            return
+        try:
+            future.set_result(worker_pb2.InferResponse.FromString(payload))
+        except Exception as exc:  # noqa: BLE001 - an undecodable answer fails its call only
+            future.set_exception(exc)
+
+    def lost(self, connection: _ClientConnection) -> None:
+        """The connection ended: every call waiting on it fails as retryable."""
+        if self._connection is connection:
+            self._connection = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(WorkerGone())
+
+    def close(self) -> None:
+        """Close the connection; calls still waiting fail with ``WorkerGone``."""
+        self._closed = True
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            if connection.transport is not None:
+                connection.transport.close()
+            self.lost(connection)
+
+
+def _expire(future: asyncio.Future[worker_pb2.InferResponse]) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded("the inference call ran out of time"))
