@@ -4,6 +4,7 @@ The public surface is re-exported here; everything else is an implementation
 detail of the modules below it.
 """
 
+from storage.batching import BatchSettings
 from storage.crypto.master import MasterKey, MasterKeyRing
 from storage.db import make_engine, make_session_factory, unit_of_work
 from storage.errors import (
@@ -17,6 +18,7 @@ from storage.errors import (
 from storage.registry import ModelInfo, ModelVersionInfo, Registry, TenantInfo
 
 __all__ = [
+    "BatchSettings",
     "Conflict",
     "DecryptionFailed",
     "InvalidInput",

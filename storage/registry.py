@@ -16,6 +16,7 @@ from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from storage.audit import Actor, AuditLog
+from storage.batching import BatchSettings
 from storage.crypto.envelope import open_segments, seal_segments
 from storage.db import unit_of_work
 from storage.errors import Conflict, InvalidInput, NotFound
@@ -69,6 +70,8 @@ class ModelVersionInfo:
     created_at: datetime
     labels: tuple[str, ...] = ()
     report: dict[str, Any] | None = None
+    batching: BatchSettings | None = None
+    """The version's own batching settings; ``None``: the server's defaults."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,24 @@ def _version_info(row: ModelVersion, model: Model, labels: dict[str, int]) -> Mo
         created_at=row.created_at,
         labels=tuple(sorted(name for name, number in labels.items() if number == row.version)),
         report=row.report,
+        batching=_batching_of(row),
     )
+
+
+def _batching_of(row: ModelVersion) -> BatchSettings | None:
+    settings = BatchSettings(
+        enabled=row.batch_enabled,
+        max_batch_size=row.batch_max_size,
+        max_queue_delay_ms=row.batch_max_delay_ms,
+    )
+    return None if settings.is_default else settings
+
+
+def _store_batching(row: ModelVersion, settings: BatchSettings | None) -> None:
+    settings = settings or BatchSettings()
+    row.batch_enabled = settings.enabled
+    row.batch_max_size = settings.max_batch_size
+    row.batch_max_delay_ms = settings.max_queue_delay_ms
 
 
 class Registry:
@@ -220,6 +240,7 @@ class Registry:
         report: dict[str, Any] | None = None,
         state: str = "ready",
         max_bytes: int | None = None,
+        batching: BatchSettings | None = None,
         actor: Actor | None = None,
     ) -> ModelVersionInfo:
         """Seal the bytes read from ``source`` as the next version of ``model_name``.
@@ -227,6 +248,8 @@ class Registry:
         Streams: memory stays bounded by a few segments whatever the model's
         size. The whole version (row, data key, segments) commits in one
         transaction, so a failure part-way leaves nothing behind.
+        ``batching`` is the version's own batching settings (``None``: the
+        server's defaults).
         """
         _check(MODEL_NAME, model_name, "model name")
         try:
@@ -248,6 +271,7 @@ class Registry:
                     segment_size=self._segment_size,
                     segment_count=0,
                 )
+                _store_batching(version, batching)
                 session.add(version)
                 session.flush()
                 key, key_row = self._keys.new_data_key(repo, version)
@@ -264,6 +288,7 @@ class Registry:
                         "size": version.size_plain,
                         "sha256": version.sha256,
                         "state": state,
+                        **({"batching": batching.to_dict()} if batching else {}),
                     },
                 )
                 return _version_info(version, model, {})
@@ -381,6 +406,46 @@ class Registry:
             self.audit.append_action(
                 session, actor, "model.unlabel", f"model:{model_name}:{label}", tenant_id
             )
+
+    def set_batching(
+        self,
+        tenant_id: str,
+        model_name: str,
+        version: int,
+        batching: BatchSettings | None,
+        *,
+        actor: Actor | None = None,
+    ) -> ModelVersionInfo:
+        """Replace a version's batching settings (``None``: back to the server's defaults).
+
+        Workers read them when they load the version, so a change reaches a
+        worker that already holds it at the latest when it next loads it.
+        """
+        with unit_of_work(self._sessions, write=True) as session:
+            repo = TenantRepository(session, tenant_id)
+            model = repo.get_model(model_name)
+            row = repo.get_version(model, version)
+            before = _batching_of(row)
+            _store_batching(row, batching)
+            after = _batching_of(row)
+            self.audit.append_action(
+                session,
+                actor,
+                "model.batching",
+                f"model:{model_name}@{version}",
+                tenant_id,
+                details={
+                    "before": before.to_dict() if before else None,
+                    "after": after.to_dict() if after else None,
+                },
+            )
+            session.flush()
+            return _version_info(row, model, repo.labels_of(model))
+
+    def version_batching(self, tenant_id: str, version_id: str) -> BatchSettings | None:
+        """A version's batching settings by its id, inside one tenant (what a worker reads)."""
+        with unit_of_work(self._sessions) as session:
+            return _batching_of(TenantRepository(session, tenant_id).get_version_by_id(version_id))
 
     def delete_version(
         self, tenant_id: str, model_name: str, version: int, *, actor: Actor | None = None

@@ -98,6 +98,17 @@ class TenantRepository:
             raise NotFound(VERSION_NOT_FOUND.format(name=model.name, ref=version))
         return row
 
+    def get_version_by_id(self, version_id: str) -> ModelVersion:
+        """A version of any of the tenant's models by its id, or ``NotFound``."""
+        row = self.session.scalar(
+            select(ModelVersion).where(
+                ModelVersion.tenant_id == self.tenant_id, ModelVersion.id == version_id
+            )
+        )
+        if row is None:
+            raise NotFound("model version not found")
+        return row
+
     def latest_ready_version(self, model: Model) -> ModelVersion:
         """The newest ready version: what a call without a version gets."""
         row = self.session.scalar(

@@ -8,6 +8,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     String,
@@ -40,6 +41,8 @@ class ModelVersion(Base):
     __table_args__ = (
         UniqueConstraint("model_id", "version"),
         CheckConstraint("state IN ('pending', 'ready', 'failed')", name="state"),
+        CheckConstraint("batch_max_size BETWEEN 1 AND 1024", name="batch_max_size"),
+        CheckConstraint("batch_max_delay_ms BETWEEN 0 AND 1000", name="batch_max_delay_ms"),
     )
 
     id: Mapped[uuid_pk]
@@ -59,6 +62,16 @@ class ModelVersion(Base):
     segment_count: Mapped[int]
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[created_at]
+    # Dynamic batching for this version (``storage.batching``); NULL: the server default.
+    batch_enabled: Mapped[bool | None] = mapped_column(
+        default=None, comment="false: batching off for this version"
+    )
+    batch_max_size: Mapped[int | None] = mapped_column(
+        default=None, comment="most rows per invocation"
+    )
+    batch_max_delay_ms: Mapped[float | None] = mapped_column(
+        Float, default=None, comment="longest a call waits to fill a batch"
+    )
 
 
 class ModelLabel(Base):
