@@ -1,4 +1,4 @@
-"""``sealserve models ...``: push, list, label and delete models.
+"""``sealserve models ...``: push, list, label, batching settings and delete models.
 
 Two ways to reach the registry: through a running server with a bearer token
 (``--url``/``--token`` or ``SEALSERVE_URL``/``SEALSERVE_TOKEN``), as a tenant's
@@ -29,14 +29,14 @@ from server.cli_intake import FlagError, Upload, build_options, follow, post_for
 from server.demo.setup import operator_principal
 from server.service.errors import ServiceError
 from server.service.jobs import job_document
-from storage import StorageError
+from storage import BatchSettings, StorageError
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator
 
 T = TypeVar("T")
 
-app = typer.Typer(no_args_is_help=True, help="Push, list, label and delete models.")
+app = typer.Typer(no_args_is_help=True, help="Push, list, label, set batching and delete models.")
 console = Console()
 err = Console(stderr=True)
 
@@ -47,6 +47,34 @@ Token = Annotated[
 ]
 Tenant = Annotated[str | None, typer.Option("--tenant", help="Tenant (operator mode, no --url).")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+MaxBatch = Annotated[
+    int | None,
+    typer.Option("--max-batch", help="Most rows per invocation for this version (1-1024)."),
+]
+BatchDelay = Annotated[
+    float | None,
+    typer.Option("--batch-delay-ms", help="Longest a call waits to fill a batch (0-1000 ms)."),
+]
+NoBatching = Annotated[bool, typer.Option("--no-batching", help="Batching off for this version.")]
+
+
+def _batch_settings(
+    max_batch: int | None, delay_ms: float | None, *, off: bool
+) -> BatchSettings | None:
+    """The version's batching settings from the flags (None: none given, server defaults)."""
+    if off and (max_batch is not None or delay_ms is not None):
+        _fail("--no-batching cannot be combined with --max-batch or --batch-delay-ms")
+    try:
+        settings = BatchSettings(
+            enabled=False if off else None, max_batch_size=max_batch, max_queue_delay_ms=delay_ms
+        )
+    except StorageError as exc:
+        _fail(
+            exc.message.replace("batching.max_batch_size", "--max-batch").replace(
+                "batching.max_queue_delay_ms", "--batch-delay-ms"
+            )
+        )
+    return None if settings.is_default else settings
 
 
 def _fail(message: str) -> NoReturn:
@@ -146,6 +174,9 @@ def push(
         str | None, typer.Option("--options-json", help="Options object; flags override it.")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job.")] = True,
+    max_batch: MaxBatch = None,
+    batch_delay_ms: BatchDelay = None,
+    no_batching: NoBatching = False,
     url: Url = None,
     token: Token = None,
     tenant: Tenant = None,
@@ -155,7 +186,10 @@ def push(
 
     Anything but a bare .tflite is a job on the server: the upload has a
     progress bar, then the job is followed to its end and its report printed.
+    Batching flags are stored with a .tflite version as it is sealed; for a
+    job they are set on the version once it is ready (so they need --wait).
     """
+    batching = _batch_settings(max_batch, batch_delay_ms, off=no_batching)
     student = Path(distill) if distill and distill.lower().endswith(".keras") else None
     if student is not None and not student.is_file():
         _fail(f"--distill: no such file {student}")
@@ -180,28 +214,44 @@ def push(
         "student": student,
     }
     upload = Upload({k: v for k, v in parts.items() if v is not None}, options)
+    if upload.is_job and batching is not None and not wait:
+        _fail("batching flags on a compression job need --wait: they are set on the new version")
     if url:
         with _remote(url, token) as client:
             if not upload.is_job:
-                _print_version(_push_tflite(client, name, file), as_json=as_json)
+                _print_version(_push_tflite(client, name, file, batching), as_json=as_json)
                 return
             with _progress_bar() as progress:
                 reply = post_form(client, name, upload, progress=progress)
             job = _check(reply)
             if wait:
                 job = follow(lambda: _check(client.get(job["links"]["self"])), console=err)
+            if batching is not None and job["state"] == "ready":
+                _check(client.patch(_version_path(name, job["version"]), json=_patch(batching)))
     else:
         with _operator(tenant) as (services, principal):
             if not upload.is_job:
                 with console.status(f"checking and sealing {file.name}..."):
-                    info = _run(services.models.upload_tflite(principal, name, file))
+                    info = _run(
+                        services.models.upload_tflite(principal, name, file, batching=batching)
+                    )
                 _print_version(
                     {"model": info.model_name, "version": info.version, "state": info.state},
                     as_json=as_json,
                 )
                 return
             job = _run_locally(services, principal, name, upload, wait=wait)
+            if batching is not None and job["state"] == "ready":
+                _run(services.models.set_batching(principal, name, job["version"], batching))
     _print_job(job, as_json=as_json)
+
+
+def _version_path(name: str, version: int) -> str:
+    return f"/admin/v1/models/{name}/versions/{version}"
+
+
+def _patch(batching: BatchSettings | None) -> dict[str, Any]:
+    return {"batching": batching.to_dict() if batching else None}
 
 
 def _print_version(version: dict[str, Any], *, as_json: bool) -> None:
@@ -240,11 +290,17 @@ def _progress_bar() -> Progress:
     )
 
 
-def _push_tflite(client: httpx.Client, name: str, file: Path) -> Any:
+def _push_tflite(
+    client: httpx.Client, name: str, file: Path, batching: BatchSettings | None
+) -> Any:
+    params: dict[str, Any] = dict((batching or BatchSettings()).to_dict())
+    if params.pop("enabled", None) is False:
+        params["batching"] = "off"
     with _progress_bar() as progress:
         task = progress.add_task(f"uploading {file.name}", total=file.stat().st_size)
         reply = client.post(
             f"/admin/v1/models/{name}/versions",
+            params=params,
             content=_chunks(file, progress, task),
             headers={"Content-Type": "application/octet-stream"},
         )
@@ -370,3 +426,68 @@ def delete(
             else:
                 _run(services.models.delete_model(principal, name))
     console.print(f"deleted {name}" + (f" version {version}" if version else ""))
+
+
+@app.command("batching")
+def batching_command(
+    name: str,
+    version: int,
+    max_batch: MaxBatch = None,
+    batch_delay_ms: BatchDelay = None,
+    no_batching: NoBatching = False,
+    default: Annotated[
+        bool, typer.Option("--default", help="Back to the server's batching settings.")
+    ] = False,
+    url: Url = None,
+    token: Token = None,
+    tenant: Tenant = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show or set VERSION of model NAME's batching settings (no flags: show them).
+
+    The flags given replace the version's settings as a whole; a flag left
+    out follows the server's default. Workers apply a change when they next
+    load the version.
+    """
+    batching = _batch_settings(max_batch, batch_delay_ms, off=no_batching)
+    if default and batching is not None:
+        _fail("--default cannot be combined with other batching flags")
+    change = default or batching is not None
+    if url:
+        with _remote(url, token) as client:
+            if change:
+                found = _check(client.patch(_version_path(name, version), json=_patch(batching)))
+            else:
+                document = _check(client.get(f"/admin/v1/models/{name}"))
+                found = next((v for v in document["versions"] if v["version"] == version), None)
+                if found is None:
+                    _fail(f"model '{name}' has no version '{version}'")
+            current = found["batching"]
+    else:
+        with _operator(tenant) as (services, principal):
+            if change:
+                info = _run(services.models.set_batching(principal, name, version, batching))
+            else:
+                model = _run(services.models.get_model(principal, name))
+                info = next((v for v in model.versions if v.version == version), None)
+                if info is None:
+                    _fail(f"model '{name}' has no version '{version}'")
+            current = info.batching.to_dict() if info.batching else None
+    if as_json:
+        sys.stdout.write(
+            json.dumps({"model": name, "version": version, "batching": current}) + "\n"
+        )
+        return
+    console.print(f"{name} version {version}: batching {_describe(current)}")
+
+
+def _describe(batching: dict[str, Any] | None) -> str:
+    if not batching:
+        return "as the server's defaults"
+    if batching.get("enabled") is False:
+        return "off"
+    parts = [
+        f"max batch {batching.get('max_batch_size', 'default')}",
+        f"queue delay {batching.get('max_queue_delay_ms', 'default')} ms",
+    ]
+    return ", ".join(parts)

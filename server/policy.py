@@ -73,6 +73,7 @@ REST_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/admin/v1/models/{name}"): "models.read",
     ("DELETE", "/admin/v1/models/{name}"): "models.write",
     ("DELETE", "/admin/v1/models/{name}/versions/{version}"): "models.write",
+    ("PATCH", "/admin/v1/models/{name}/versions/{version}"): "models.write",
     ("PUT", "/admin/v1/models/{name}/labels/{label}"): "models.write",
     ("DELETE", "/admin/v1/models/{name}/labels/{label}"): "models.write",
     # Intake jobs (uploads queue them; following one is reading models)

@@ -6,7 +6,10 @@ busy; when the thread is free the batcher takes what waits (up to
 stacks into a single invocation where the model has a batch dimension. So
 batching costs nothing at low load (a lone call runs at once) and grows with
 the load, which is when it pays. ``max_delay`` optionally holds a short batch
-back to let it fill; the default (0) never waits on purpose.
+back to let it fill; the default (0) never waits on purpose. A model that is
+not batchable (no variable batch dimension, or outputs that turned out not
+to follow the rows) gets batches of one call and is never held back,
+whatever the limits say.
 
 The queue is bounded (``max_queue`` calls): past it a call is refused at once
 as ``OVERLOADED`` rather than left to wait out its deadline. A call whose
@@ -89,6 +92,11 @@ class Batcher:
         self.stats = stats or BatchStats()
 
     @property
+    def _limit(self) -> int:
+        """Rows per invocation now: ``max_batch``, or one call for a model that cannot stack."""
+        return self._max_batch if self.model.batchable else 1
+
+    @property
     def queued(self) -> int:
         """Calls waiting for the interpreter (not counting the batch running now)."""
         return len(self._queue)
@@ -112,7 +120,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             while self._queue:
-                if self._max_delay > 0:
+                if self._max_delay > 0 and self.model.batchable:
                     await self._fill(self._queue[0], loop)
                 batch = self._take()
                 if not batch:
@@ -133,7 +141,7 @@ class Batcher:
     async def _fill(self, first: _Waiting, loop: asyncio.AbstractEventLoop) -> None:
         """Hold a short batch back until it is full or ``max_delay`` passed since now."""
         until = loop.time() + self._max_delay
-        while sum(w.rows for w in self._queue) < self._max_batch and self._queue[0] is first:
+        while sum(w.rows for w in self._queue) < self._limit and self._queue[0] is first:
             left = until - loop.time()
             if left <= 0:
                 return
@@ -147,10 +155,11 @@ class Batcher:
         """Calls for the next invocation: at least one, at most ``max_batch`` rows."""
         batch: list[_Waiting] = []
         rows = 0
+        limit = self._limit
         clock = time.monotonic()
         while self._queue:
             waiting = self._queue[0]
-            if batch and rows + waiting.rows > self._max_batch:
+            if batch and rows + waiting.rows > limit:
                 break
             self._queue.popleft()
             if waiting.future.done():  # the caller went away

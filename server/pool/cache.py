@@ -12,6 +12,10 @@ evicted until it fits: first room for the plaintext bytes (known as soon as
 they are unsealed, before the interpreter is built), then for the activations
 the interpreter allocated. A model that could fit only by evicting busy ones
 waits for them to go idle; one larger than the whole budget is refused.
+
+The version's batching settings are read with its bytes and kept on the
+loaded model, so a change made in the registry reaches a worker at the
+latest when it next loads the version.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from server.service.types import ModelKey
+    from storage import BatchSettings
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +55,10 @@ class ModelCache:
         open_model: Callable[[ModelKey], bytes],
         budget_bytes: int = 0,
         on_evict: Callable[[ModelKey], None] | None = None,
+        read_batching: Callable[[ModelKey], BatchSettings | None] | None = None,
     ) -> None:
         self._open_model = open_model
+        self._read_batching = read_batching
         self._budget = budget_bytes
         self.on_evict = on_evict
         """Called with the key of every model dropped (evicted or unloaded)."""
@@ -128,7 +135,7 @@ class ModelCache:
 
     async def _load(self, key: ModelKey) -> LoadedModel:
         loop = asyncio.get_running_loop()
-        content = await loop.run_in_executor(self._executor, self._open, key)
+        content, batching = await loop.run_in_executor(self._executor, self._open, key)
         await self._make_room(len(content), key)
         self._reserved += len(content)
         try:
@@ -136,6 +143,7 @@ class ModelCache:
         finally:
             self._reserved -= len(content)
         del content
+        model.batching = batching
         await self._make_room(model.bytes_used, key)
         self._models[key] = model
         return model
@@ -189,9 +197,10 @@ class ModelCache:
         if not task.cancelled():
             task.exception()
 
-    def _open(self, key: ModelKey) -> bytes:
+    def _open(self, key: ModelKey) -> tuple[bytes, BatchSettings | None]:
         try:
-            return self._open_model(key)
+            content = self._open_model(key)
+            batching = None if self._read_batching is None else self._read_batching(key)
         except NotFound:
             raise CallFailed(MODEL_NOT_FOUND, "the model version does not exist") from None
         except StorageError as exc:
@@ -203,6 +212,7 @@ class ModelCache:
                 detail=exc.detail,
             )
             raise CallFailed(LOAD_FAILED, "the model version could not be unsealed") from None
+        return content, batching
 
     def _build(self, key: ModelKey, content: bytes) -> LoadedModel:
         bound = log.bind(tenant_id=key.tenant_id, version_id=key.version_id)

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
+    from storage import BatchSettings
+
 DEFAULT_SIGNATURE = "serving_default"
 
 Call = tuple["Sequence[Tensor]", "Sequence[str]"]
@@ -114,6 +116,8 @@ class LoadedModel:
         self.bytes_used = bytes_used
         self.last_used = time.monotonic()
         self.in_flight = 0
+        self.batching: BatchSettings | None = None
+        """The version's own batching settings as read at load time (None: the worker's)."""
         # Rows of concurrent calls can be stacked into one invocation only when
         # every input and output has a dynamic first (batch) dimension.
         self.batchable = all(

@@ -16,7 +16,10 @@ Inference runs on one thread per process (the interpreters use one thread
 each, and the pool starts one worker per CPU), never on the event loop, so a
 long invocation or a model being loaded does not delay ``Ping`` or ``Status``.
 Calls reach that thread through one ``Batcher`` per model, which stacks
-concurrent calls into one invocation (``server.pool.batcher``).
+concurrent calls into one invocation (``server.pool.batcher``). Its limits are
+the version's own batching settings where it has them (read when the model
+is loaded), the operator's otherwise; batching is off for a version set
+``enabled=false`` and for any model without a variable batch dimension.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
     from server.pool.runtime import LoadedModel
     from server.service.types import ModelKey
     from server.settings import Settings
+    from storage import BatchSettings
 
 log = structlog.get_logger(__name__)
 
@@ -98,6 +102,27 @@ class BatchPolicy:
             max_queue=settings.worker_max_queue,
         )
 
+    def for_version(self, batching: BatchSettings | None, *, batchable: bool) -> BatchPolicy:
+        """The policy for one model: its version's settings over these defaults.
+
+        Off (batches of one call, never held back) when the version says so
+        or when the model has no variable batch dimension; no setting turns
+        batching on for such a model.
+        """
+        if not batchable or (batching is not None and batching.enabled is False):
+            return BatchPolicy(max_batch=1, max_delay=0.0, max_queue=self.max_queue)
+        if batching is None:
+            return self
+        return BatchPolicy(
+            max_batch=batching.max_batch_size or self.max_batch,
+            max_delay=(
+                self.max_delay
+                if batching.max_queue_delay_ms is None
+                else batching.max_queue_delay_ms / 1000
+            ),
+            max_queue=self.max_queue,
+        )
+
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # generated, untyped
     """The ``sealserve.worker.v1.Worker`` service of one process."""
@@ -128,12 +153,13 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
         batcher = self._batchers.get(key)
         if batcher is None or batcher.model is not model:
             stats = self._stats.setdefault(key, BatchStats())
+            policy = self._batching.for_version(model.batching, batchable=model.batchable)
             batcher = Batcher(
                 model,
                 executor=self._inference,
-                max_batch=self._batching.max_batch,
-                max_delay=self._batching.max_delay,
-                max_queue=self._batching.max_queue,
+                max_batch=policy.max_batch,
+                max_delay=policy.max_delay,
+                max_queue=policy.max_queue,
                 stats=stats,
             )
             self._batchers[key] = batcher
@@ -290,6 +316,7 @@ async def serve(address: str, settings: Settings, *, parent_lifeline: bool = Fal
     registry = container.registry
     cache = ModelCache(
         open_model=lambda key: registry.open_version(key.tenant_id, key.version_id),
+        read_batching=lambda key: registry.version_batching(key.tenant_id, key.version_id),
         budget_bytes=settings.worker_memory_budget_mb * 1024 * 1024,
     )
     service = WorkerService(cache=cache, batching=BatchPolicy.from_settings(settings))

@@ -1,4 +1,4 @@
-"""Model administration inside the caller's tenant: upload, list, label, delete.
+"""Model administration inside the caller's tenant: upload, list, label, batching, delete.
 
 The tenant is always the principal's; names in paths are looked up inside it,
 so another tenant's model is a plain ``NotFound``. Uploads arrive as a file
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from auth import Principal
     from server.service.resolver import ModelResolver
-    from storage import ModelInfo, ModelVersionInfo, Registry
+    from storage import BatchSettings, ModelInfo, ModelVersionInfo, Registry
 
 
 def _tenant(principal: Principal) -> str:
@@ -40,8 +40,19 @@ class ModelAdminService:
         self._resolver = resolver
         self._max_model_bytes = max_model_bytes
 
-    async def upload_tflite(self, principal: Principal, name: str, path: Path) -> ModelVersionInfo:
-        """Check the file loads in LiteRT with builtin ops only, then seal it as a new version."""
+    async def upload_tflite(
+        self,
+        principal: Principal,
+        name: str,
+        path: Path,
+        *,
+        batching: BatchSettings | None = None,
+    ) -> ModelVersionInfo:
+        """Check the file loads in LiteRT with builtin ops only, then seal it as a new version.
+
+        ``batching`` becomes the version's own batching settings (``None``:
+        the server's defaults).
+        """
         tenant_id = _tenant(principal)
         actor = current_actor(principal)
         checked = await run_in_threadpool(check_tflite, path)
@@ -55,6 +66,7 @@ class ModelAdminService:
                     format="tflite",
                     signature=checked.signature,
                     max_bytes=self._max_model_bytes,
+                    batching=batching,
                     actor=actor,
                 )
 
@@ -84,6 +96,21 @@ class ModelAdminService:
             )
         )
         self._resolver.invalidate(tenant_id)
+
+    async def set_batching(
+        self, principal: Principal, name: str, version: int, batching: BatchSettings | None
+    ) -> ModelVersionInfo:
+        """Replace a version's batching settings; workers apply them when they next load it."""
+        return await run_in_threadpool(
+            partial(
+                self._registry.set_batching,
+                _tenant(principal),
+                name,
+                version,
+                batching,
+                actor=current_actor(principal),
+            )
+        )
 
     async def delete_label(self, principal: Principal, name: str, label: str) -> None:
         """Remove a label."""
