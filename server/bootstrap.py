@@ -24,10 +24,10 @@ from server.service.resolver import ModelResolver
 from server.service.tenants import TenantAdminService
 from storage import MasterKeyRing, Registry, make_engine, make_session_factory
 from storage.crypto.master import (
-    MasterKey,
     MasterKeyError,
     create_master_key_file,
-    load_master_key_file,
+    load_master_key_ring_file,
+    master_key_ring_from_text,
 )
 from storage.identity import IdentityStore
 from storage.jobs import JobStore
@@ -65,18 +65,16 @@ def load_master_keys(settings: Settings, *, create: bool) -> MasterKeyRing:
     """
     try:
         if settings.master_key is not None:
-            return MasterKeyRing(
-                MasterKey.from_base64(
-                    settings.master_key.get_secret_value(), source="SEALSERVE_MASTER_KEY"
-                )
+            return master_key_ring_from_text(
+                settings.master_key.get_secret_value(), source="SEALSERVE_MASTER_KEY"
             )
         path = settings.resolved_master_key_file
         production = settings.env == "production"
         if not path.exists() and create and not production:
             key = create_master_key_file(path)
             log.warning("generated a new master key", path=str(path), key_id=key.key_id)
-            return MasterKeyRing(key)
-        return MasterKeyRing(load_master_key_file(path, require_private=production))
+        # Several keys (one per line) during a master key rotation; see README.
+        return load_master_key_ring_file(path, require_private=production)
     except MasterKeyError as exc:
         raise StartupError(exc.message) from None
 

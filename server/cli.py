@@ -24,6 +24,7 @@ from auth import AuthError
 from server import schema
 from server.bootstrap import Container, Services, build_container, build_services, ensure_schema
 from server.cli_audit import app as audit_app
+from server.cli_keys import register as register_key_commands
 from server.cli_models import app as models_app
 from server.demo.setup import DemoClient, ensure_demo, how_to_call
 from server.errors import StartupError
@@ -349,6 +350,9 @@ def keys_rotate_signing(as_json: JsonFlag = False) -> None:
     for row in summary:
         table.add_row(row["kid"], row["alg"], row["state"])
     console.print(table)
+
+
+register_key_commands(keys_app)
 
 
 def main() -> None:

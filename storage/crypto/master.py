@@ -4,6 +4,12 @@ The master key never touches the database in clear. It is read from a key
 file (base64 of 32 random bytes) or an environment variable, and identified by
 a key id derived from it, so every wrapped tenant key can name the master key
 that wraps it and decryption never has to guess.
+
+During a master key rotation the source holds several keys, one per line (or
+comma-separated in the variable): the first wraps new keys, the others only
+unwrap. A ring read from a file re-reads it when it meets a key id it does not
+know, so a running process learns a new key put in its file without a
+restart; keys it already holds stay usable until it exits.
 """
 
 from __future__ import annotations
@@ -14,16 +20,20 @@ import hashlib
 import os
 import secrets
 import stat
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from storage.errors import KeyUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from pathlib import Path
 
 KEY_BYTES = 32
+RELOAD_INTERVAL = 1.0
+"""Seconds between two re-reads of a key file on unknown key ids (a bad id cannot hammer it)."""
 
 
 class MasterKeyError(KeyUnavailable):
@@ -60,8 +70,24 @@ class MasterKey:
         return cls.from_bytes(raw)
 
 
-def load_master_key_file(path: Path, *, require_private: bool) -> MasterKey:
-    """Read a key file; with ``require_private``, refuse one others can read."""
+def parse_master_keys(text: str, *, source: str) -> list[MasterKey]:
+    """One or more base64 keys, one per line or comma-separated; ``#`` comments are skipped.
+
+    The first is the primary. Duplicates are dropped; an empty source is an error.
+    """
+    keys: dict[str, MasterKey] = {}
+    for line in text.splitlines():
+        for part in line.split("#", 1)[0].split(","):
+            if part.strip():
+                key = MasterKey.from_base64(part, source=source)
+                keys.setdefault(key.key_id, key)
+    if not keys:
+        msg = f"no master key in {source}"
+        raise MasterKeyError(msg)
+    return list(keys.values())
+
+
+def _read_key_file(path: Path, *, require_private: bool) -> str:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -73,7 +99,37 @@ def load_master_key_file(path: Path, *, require_private: bool) -> MasterKey:
             f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}"
         )
         raise MasterKeyError(msg)
-    return MasterKey.from_base64(path.read_text(encoding="ascii"), source=str(path))
+    try:
+        return path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        msg = f"master key file {path} cannot be read"
+        raise MasterKeyError(msg) from None
+
+
+def load_master_key_file(path: Path, *, require_private: bool) -> MasterKey:
+    """Read a key file's primary key; with ``require_private``, refuse one others can read."""
+    return parse_master_keys(
+        _read_key_file(path, require_private=require_private), source=str(path)
+    )[0]
+
+
+def master_key_ring_from_text(text: str, *, source: str) -> MasterKeyRing:
+    """A ring from a variable's value: the first key primary, the others unwrap-only."""
+    primary, *older = parse_master_keys(text, source=source)
+    return MasterKeyRing(primary, older)
+
+
+def load_master_key_ring_file(path: Path, *, require_private: bool) -> MasterKeyRing:
+    """A ring from a key file, re-read on an unknown key id (see the module docstring)."""
+
+    def read() -> MasterKeyRing:
+        text = _read_key_file(path, require_private=require_private)
+        primary, *older = parse_master_keys(text, source=str(path))
+        return MasterKeyRing(primary, older)
+
+    ring = read()
+    ring.reload_with(read)
+    return ring
 
 
 def create_master_key_file(path: Path) -> MasterKey:
@@ -92,14 +148,44 @@ class MasterKeyRing:
     def __init__(self, primary: MasterKey, older: Iterable[MasterKey] = ()) -> None:
         self.primary = primary
         self._by_id = {key.key_id: key for key in (*older, primary)}
+        self._reload: Callable[[], MasterKeyRing] | None = None
+        self._reloaded_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def reload_with(self, read: Callable[[], MasterKeyRing]) -> None:
+        """Re-read the source with ``read`` when an unknown key id is asked for."""
+        self._reload = read
+
+    def with_primary(self, key: MasterKey) -> MasterKeyRing:
+        """A ring that wraps with ``key`` and still unwraps with every key of this one."""
+        return MasterKeyRing(key, (k for k in self._by_id.values() if k.key_id != key.key_id))
 
     def get(self, key_id: str) -> MasterKey:
         """The master key with this id, or ``KeyUnavailable``."""
-        try:
-            return self._by_id[key_id]
-        except KeyError:
+        key = self._by_id.get(key_id)
+        if key is None and self._reload is not None:
+            self._refresh()
+            key = self._by_id.get(key_id)
+        if key is None:
             msg = "the master key that sealed this data is not available"
-            raise KeyUnavailable(msg, detail=f"master key id {key_id!r}") from None
+            raise KeyUnavailable(msg, detail=f"master key id {key_id!r}")
+        return key
+
+    def _refresh(self) -> None:
+        """Adopt the source's keys and primary, keeping every key already held."""
+        assert self._reload is not None  # noqa: S101 - only called when set
+        with self._lock:
+            if time.monotonic() - self._reloaded_at < RELOAD_INTERVAL:
+                return
+            self._reloaded_at = time.monotonic()
+            try:
+                fresh = self._reload()
+            except MasterKeyError:
+                return  # a file mid-edit or gone: keep serving with the keys held
+            merged = {**self._by_id, **fresh._by_id}  # noqa: SLF001 - same class
+            merged.pop(fresh.primary.key_id)
+            self._by_id = {**merged, fresh.primary.key_id: fresh.primary}
+            self.primary = fresh.primary
 
     @property
     def key_ids(self) -> tuple[str, ...]:
