@@ -16,6 +16,7 @@ from pathlib import Path  # noqa: TC003 - typer reads the annotation at runtime
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+import uvloop
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -169,11 +170,16 @@ def serve(
     rest_port: Annotated[int | None, typer.Option(help="REST port.")] = None,
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port.")] = None,
     workers: Annotated[int | None, typer.Option(help="Local worker processes.")] = None,
+    gateways: Annotated[
+        int | None, typer.Option(help="Gateway processes sharing the ports (one per core).")
+    ] = None,
 ) -> None:
     """Run the gateway (REST and gRPC) until SIGTERM."""
     from server.runner import run_gateway  # noqa: PLC0415 - keeps other commands light
 
-    settings = _settings(host=host, rest_port=rest_port, grpc_port=grpc_port, workers=workers)
+    settings = _settings(
+        host=host, rest_port=rest_port, grpc_port=grpc_port, workers=workers, gateways=gateways
+    )
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
         container = build_container(settings, create_keys=True)
@@ -182,7 +188,8 @@ def serve(
     except (StartupError, StorageError) as exc:
         _fail(getattr(exc, "message", str(exc)))
     try:
-        asyncio.run(run_gateway(container, services))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run_gateway(container, services))
     except OSError as exc:
         _fail(f"cannot start: {exc}")
     finally:

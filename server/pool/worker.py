@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
+import uvloop
 
 from protos import worker_pb2, worker_pb2_grpc
 from server.pool.batcher import Batcher, BatchStats
@@ -51,6 +52,7 @@ from server.pool.errors import (
     STATUS_OF_CODE,
     CallFailed,
 )
+from server.pool.frames import FrameServer, frames_path
 from server.pool.messages import key_from_pb, key_to_pb, tensor_from_pb, tensor_to_pb
 from server.service.errors import InvalidRequest
 
@@ -173,8 +175,16 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
     async def Infer(  # noqa: N802 - gRPC method name
         self, request: worker_pb2.InferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> worker_pb2.InferResponse:
-        """Run every call on its own; one bad call never fails its neighbours."""
+        """``infer`` over gRPC."""
         del context
+        return await self.infer(request)
+
+    async def infer(self, request: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+        """Run every call on its own; one bad call never fails its neighbours.
+
+        Reached over gRPC (``Infer``) or, from the local gateway, over the
+        framed inference socket (``server.pool.frames``).
+        """
         received = time.monotonic()
         if len(request.calls) == 1:
             results = [await self._call(request.calls[0], received)]
@@ -321,6 +331,7 @@ async def serve(address: str, settings: Settings, *, parent_lifeline: bool = Fal
     )
     service = WorkerService(cache=cache, batching=BatchPolicy.from_settings(settings))
     server = create_server(service, address)
+    frames = FrameServer(service.infer)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     grace = settings.shutdown_grace_seconds
@@ -334,12 +345,13 @@ async def serve(address: str, settings: Settings, *, parent_lifeline: bool = Fal
     loop.add_signal_handler(signal.SIGTERM, stop)
     if parent_lifeline:
         await loop.connect_read_pipe(lambda: _Lifeline(lambda: stop(orphaned=True)), sys.stdin)
+    await frames.start(frames_path(address))  # before Ping answers: ready means both
     await server.start()
     log.info("worker listening", address=address, pid=os.getpid(), instance_id=service.instance_id)
     await stopping.wait()
     service.draining = True
     log.info("worker stopping", grace_seconds=grace)
-    await server.stop(grace)
+    await asyncio.gather(server.stop(grace), frames.stop(grace))
     service.close()
     container.close()
 
@@ -358,7 +370,7 @@ class _Lifeline(asyncio.Protocol):
         self._on_eof()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: have the kernel SIGKILL us when the parent exits, even by SIGKILL.
 
     A parent that died before this call is caught by the stdin lifeline
@@ -378,11 +390,12 @@ def main(socket_path: str, settings_json: str, *, parent_lifeline: bool = False)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if parent_lifeline:
-        _die_with_parent()
+        die_with_parent()
     settings = Settings.model_validate_json(settings_json)
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
-    asyncio.run(serve(f"unix:{socket_path}", settings, parent_lifeline=parent_lifeline))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(f"unix:{socket_path}", settings, parent_lifeline=parent_lifeline))
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
