@@ -7,8 +7,9 @@ is handed to servicers through a context variable set for that call only.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-import uuid
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from server.policy import grpc_operation
 from server.status import public_message, spec_for
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from auth import Principal
     from server.service.access import AccessControl
@@ -48,13 +49,18 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: BaseExcep
     await context.abort(grpc.StatusCode[spec.grpc], public_message(exc, spec))
 
 
-def _bind_call_context(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+_ID_PREFIX, _IDS = os.urandom(6).hex(), itertools.count(1)
+"""Fresh request ids: unique per process start, 32 hex digits like a uuid, no syscall."""
+
+
+def _bind_call_context(
+    context: grpc.aio.ServicerContext[Any, Any], metadata: Sequence[tuple[str, Any]]
+) -> None:
     """Give this call's log lines and audit records a request id and the peer address."""
-    metadata = dict(context.invocation_metadata() or ())
-    incoming = str(metadata.get("x-request-id", ""))
+    incoming = next((str(value) for key, value in metadata if key == "x-request-id"), "")
     peer = context.peer() or ""
     structlog.contextvars.bind_contextvars(
-        request_id=incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex,
+        request_id=incoming if _SAFE_ID.match(incoming) else f"{_ID_PREFIX}{next(_IDS):020x}",
         client_addr=peer.split(":")[1] if peer.startswith("ipv") else peer or None,
     )
 
@@ -82,23 +88,27 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, operation, authorization),
+                self._unary(handler.unary_unary, operation, authorization, metadata),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, operation, authorization),
+                self._stream(handler.unary_stream, operation, authorization, metadata),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # no streaming-request methods are served
 
     def _unary(
-        self, inner: Callable[..., Any], operation: str | None, authorization: str | None
+        self,
+        inner: Callable[..., Any],
+        operation: str | None,
+        authorization: str | None,
+        metadata: Sequence[tuple[str, Any]],
     ) -> Callable[..., Awaitable[Any]]:
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            _bind_call_context(context)
+            _bind_call_context(context, metadata)
             try:
                 token = _principal.set(await self._access.authorize_call(operation, authorization))
             except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
@@ -121,11 +131,12 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         inner: Callable[..., AsyncIterator[Any]],
         operation: str | None,
         authorization: str | None,
+        metadata: Sequence[tuple[str, Any]],
     ) -> Callable[..., AsyncIterator[Any]]:
         async def behavior(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            _bind_call_context(context)
+            _bind_call_context(context, metadata)
             try:
                 token = _principal.set(await self._access.authorize_call(operation, authorization))
             except Exception as exc:  # noqa: BLE001 - every failure leaves through the table

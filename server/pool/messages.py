@@ -17,24 +17,31 @@ from server.service.errors import InvalidRequest
 from server.service.types import ModelKey, Tensor
 
 _PREFIX = "DATA_TYPE_"
+# Looked up on every tensor in both directions: plain dicts, not the enum wrapper's methods.
+_TO_PB: dict[str, int] = {
+    name.removeprefix(_PREFIX): number
+    for name, number in worker_pb2.DataType.items()
+    if number != worker_pb2.DATA_TYPE_UNSPECIFIED
+}
+_FROM_PB: dict[int, str] = {number: name for name, number in _TO_PB.items()}
 
 
 def datatype_to_pb(datatype: str) -> worker_pb2.DataType:
     """The protocol enum value of an Open Inference Protocol datatype name."""
-    try:
-        return cast("worker_pb2.DataType", worker_pb2.DataType.Value(_PREFIX + datatype))
-    except ValueError:
-        raise InvalidRequest(f"unknown datatype {datatype!r}") from None
+    number = _TO_PB.get(datatype)
+    if number is None:
+        raise InvalidRequest(f"unknown datatype {datatype!r}")
+    return cast("worker_pb2.DataType", number)
 
 
 def datatype_from_pb(value: int) -> str:
     """The Open Inference Protocol name of a protocol enum value (never UNSPECIFIED)."""
     if value == worker_pb2.DATA_TYPE_UNSPECIFIED:
         raise InvalidRequest("datatype is not set")
-    try:
-        return str(worker_pb2.DataType.Name(value)).removeprefix(_PREFIX)
-    except ValueError:
-        raise InvalidRequest(f"unknown datatype number {value}") from None
+    name = _FROM_PB.get(value)
+    if name is None:
+        raise InvalidRequest(f"unknown datatype number {value}")
+    return name
 
 
 def tensor_to_pb(tensor: Tensor) -> worker_pb2.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 FLUSH_SECONDS = 1.0
 MAX_BATCH = 500
-MAX_CALLS_PER_FLUSH = 20_000
+CALLS_PER_ENTRY = 500
+"""Most call records in one chained entry: an entry is hashed as one JSON text while
+holding the interpreter lock, so big ones would stall the event loop for milliseconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,10 @@ class AuditRecorder:
     ) -> None:
         self._audit = audit
         self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(maxsize=max_queue)
-        self._calls: asyncio.Queue[CallRecord] = asyncio.Queue(maxsize=max_calls)
+        # Calls arrive at request rates: a plain deque, taken whole by each flush.
+        self._calls: deque[CallRecord] = deque()
+        self._max_calls = max_calls
+        self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, event: AuditEvent) -> None:
@@ -68,10 +73,10 @@ class AuditRecorder:
 
     async def submit_call(self, call: CallRecord) -> None:
         """Queue one inference call's record; waits while the queue is full."""
-        if self._calls.full():
-            await self._calls.put(call)
-        else:
-            self._calls.put_nowait(call)
+        while len(self._calls) >= self._max_calls:
+            self._room.clear()
+            await self._room.wait()
+        self._calls.append(call)
 
     def start(self) -> None:
         """Start flushing in the background."""
@@ -83,7 +88,7 @@ class AuditRecorder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while not self._queue.empty() or not self._calls.empty():
+        while not self._queue.empty() or self._calls:
             await self._flush()
 
     async def _run(self) -> None:
@@ -95,47 +100,55 @@ class AuditRecorder:
                 log.exception("audit flush failed; retrying")
 
     async def _flush(self) -> None:
-        # Drain only what was queued when the flush began: records arriving
+        # Take only what was queued when the flush began: records arriving
         # while it writes wait for the next tick, so a busy server writes one
         # transaction a second rather than a stream of small ones.
-        events, calls = self._queue.qsize(), min(self._calls.qsize(), MAX_CALLS_PER_FLUSH)
-        while events > 0 or calls > 0:
+        events = self._queue.qsize()
+        calls, self._calls = self._calls, deque()
+        self._room.set()
+        while events > 0 or calls:
             batch: list[AuditEvent] = []
             while len(batch) < min(events, MAX_BATCH):
                 batch.append(self._queue.get_nowait())
             events -= len(batch)
-            batch.extend(self._call_events(calls))
-            calls = 0
-            await run_in_threadpool(self._audit.record_many, batch)
+            # Records become entries in the thread, not on the event loop.
+            await run_in_threadpool(self._write, batch, calls)
+            calls = deque()
 
-    def _call_events(self, limit: int) -> list[AuditEvent]:
-        by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        taken = 0
-        while taken < limit and not self._calls.empty():
-            call = self._calls.get_nowait()
-            by_tenant[call.tenant_id].append(
-                {
-                    "model": call.model,
-                    "version": call.version,
-                    "subject": call.subject,
-                    "client_id": call.client_id,
-                    "outcome": call.outcome,
-                    "latency_ms": round(call.latency_ms, 3),
-                    "request_id": call.request_id,
-                }
-            )
-            taken += 1
-        return [
-            AuditEvent(
-                action="inference.calls",
-                resource=f"calls:{len(calls)}",
-                tenant_id=tenant_id,
-                outcome="success" if all(c["outcome"] == "success" for c in calls) else "failure",
-                actor=Actor(subject="gateway"),
-                details={"calls": calls},
-            )
-            for tenant_id, calls in by_tenant.items()
-        ]
+    def _write(self, events: list[AuditEvent], calls: deque[CallRecord]) -> None:
+        self._audit.record_many([*events, *_call_events(calls)])
+
+
+def _call_events(calls: deque[CallRecord]) -> list[AuditEvent]:
+    """Calls grouped per tenant, ``CALLS_PER_ENTRY`` at most per entry, in arrival order."""
+    by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for call in calls:
+        by_tenant[call.tenant_id].append(
+            {
+                "model": call.model,
+                "version": call.version,
+                "subject": call.subject,
+                "client_id": call.client_id,
+                "outcome": call.outcome,
+                "latency_ms": round(call.latency_ms, 3),
+                "request_id": call.request_id,
+            }
+        )
+    return [
+        AuditEvent(
+            action="inference.calls",
+            resource=f"calls:{len(chunk)}",
+            tenant_id=tenant_id,
+            outcome="success" if all(c["outcome"] == "success" for c in chunk) else "failure",
+            actor=Actor(subject="gateway"),
+            details={"calls": chunk},
+        )
+        for tenant_id, records in by_tenant.items()
+        for chunk in (
+            records[start : start + CALLS_PER_ENTRY]
+            for start in range(0, len(records), CALLS_PER_ENTRY)
+        )
+    ]
 
 
 class AuditReviewService:

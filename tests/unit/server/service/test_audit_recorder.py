@@ -1,0 +1,85 @@
+"""The audit recorder turns inference calls into chained entries of bounded size."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.service.audit import CALLS_PER_ENTRY, AuditRecorder, CallRecord
+from storage import make_session_factory
+from storage.audit import AuditLog
+
+
+def _call(tenant: str, n: int) -> CallRecord:
+    return CallRecord(
+        tenant_id=tenant,
+        model="digits",
+        version="1",
+        subject="cl_app",
+        client_id="cl_app",
+        outcome="success" if n % 7 else "invalid_request",
+        latency_ms=0.5 + n / 1000,
+        request_id=f"{tenant}-{n}",
+    )
+
+
+def test_calls_become_bounded_entries_per_tenant_in_order(engine, master_keys) -> None:
+    """1,234 calls of one tenant and 10 of another: 3 + 1 entries, every call once, in order."""
+    log = AuditLog(session_factory=make_session_factory(engine), master_keys=master_keys)
+    before = log.query(tenant_id=None, all_tenants=True, action="inference.calls", limit=1000)
+
+    async def scenario() -> None:
+        recorder = AuditRecorder(log)
+        for n in range(1234):
+            await recorder.submit_call(_call("tenant-a", n))
+        for n in range(10):
+            await recorder.submit_call(_call("tenant-b", n))
+        await recorder.stop()  # flushes what is queued
+
+    asyncio.run(scenario())
+    entries = [
+        entry
+        for entry in log.query(
+            tenant_id=None, all_tenants=True, action="inference.calls", limit=1000
+        )
+        if entry not in before
+    ]
+    by_tenant: dict[str, list[dict]] = {}
+    for entry in sorted(entries, key=lambda e: e["seq"]):
+        calls = entry["details"]["calls"]
+        assert 0 < len(calls) <= CALLS_PER_ENTRY
+        assert entry["resource"] == f"calls:{len(calls)}"
+        expected = "success" if all(c["outcome"] == "success" for c in calls) else "failure"
+        assert entry["outcome"] == expected
+        by_tenant.setdefault(entry["tenant_id"], []).extend(calls)
+    assert [c["request_id"] for c in by_tenant["tenant-a"]] == [
+        f"tenant-a-{n}" for n in range(1234)
+    ]
+    assert [c["request_id"] for c in by_tenant["tenant-b"]] == [f"tenant-b-{n}" for n in range(10)]
+    assert len([e for e in entries if e["tenant_id"] == "tenant-a"]) == 3
+    assert log.verify().ok
+
+
+def test_a_full_queue_makes_callers_wait_until_a_flush(engine, master_keys) -> None:
+    """Past max_calls a caller waits (nothing is dropped) and goes on once a flush takes the queue."""
+    log = AuditLog(session_factory=make_session_factory(engine), master_keys=master_keys)
+
+    async def scenario() -> tuple[bool, bool]:
+        recorder = AuditRecorder(log, max_calls=5)
+        for n in range(5):
+            await recorder.submit_call(_call("tenant-c", n))
+        sixth = asyncio.ensure_future(recorder.submit_call(_call("tenant-c", 5)))
+        await asyncio.sleep(0.05)
+        waited = not sixth.done()
+        await recorder._flush()
+        await asyncio.wait_for(sixth, 1)
+        await recorder.stop()
+        return waited, sixth.done()
+
+    waited, done = asyncio.run(scenario())
+    assert waited and done
+    calls = [
+        call
+        for entry in log.query(tenant_id="tenant-c", action="inference.calls", limit=100)
+        for call in entry["details"]["calls"]
+    ]
+    assert sorted(c["request_id"] for c in calls) == [f"tenant-c-{n}" for n in range(6)]
