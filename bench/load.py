@@ -536,6 +536,44 @@ def flood_main(url: str, tok: str, connections: int, delay_ms: float, seconds: f
     print(point.rate, point.failed / total if total else 0.0)
 
 
+TARGETS = (
+    # (model, protocol, concurrency, what, target): what is "rate", "p99" or "ceiling"
+    ("digits", "REST v2 (JSON)", 64, "rate", 10_000.0),
+    ("digits", "gRPC v2", 64, "rate", 4_000.0),
+    ("digits", "REST TF Serving :predict", 64, "rate", 10_000.0),
+    ("digits", "REST v2 (JSON)", 8, "p99", 3.0),
+    ("cnn", "REST v2 (binary tensors)", 64, "ceiling", 0.9),
+    ("cnn", "gRPC v2", 64, "ceiling", 0.9),
+)
+
+
+def verdicts(rows: list[dict[str, Any]], ceilings: dict[str, dict[str, float]]) -> list[str]:
+    """One line per target the issue sets whose point was measured: figure, target, met or not."""
+    lines = []
+    for model, protocol, concurrency, what, target in TARGETS:
+        row = next(
+            (
+                r
+                for r in rows
+                if (r["model"], r["protocol"], r["c"]) == (model, protocol, concurrency)
+            ),
+            None,
+        )
+        if row is None:
+            continue
+        name = f"{model} {protocol} c={concurrency}"
+        if what == "rate":
+            met, text = row["rate"] >= target, f"{row['rate']:.0f} req/s (target >= {target:.0f})"
+        elif what == "p99":
+            met, text = row["p99_ms"] < target, f"p99 {row['p99_ms']:.2f} ms (target < {target:g})"
+        else:
+            top = ceilings.get(model, {}).get("all", 0.0)
+            share = row["rate"] / top if top else 0.0
+            met, text = share >= target, f"{share:.0%} of the ceiling (target >= {target:.0%})"
+        lines.append(f"target {name}: {text}: {'met' if met else 'MISSED'}")
+    return lines
+
+
 def write_docs(results: dict[str, Any]) -> None:
     """Replace this benchmark's section of docs/benchmarks.md with the new figures."""
     docs = ROOT / "docs" / "benchmarks.md"
@@ -652,6 +690,12 @@ def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each point")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
+        "--gateways",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="gateway processes sharing the ports (serve --gateways)",
+    )
+    parser.add_argument(
         "--only", choices=("all", "digits", "cnn", "fairness", "audit"), default="all"
     )
     parser.add_argument("--rounds", type=int, default=3, help="audit: on/off rounds")
@@ -673,6 +717,7 @@ def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
     try:
         with_cnn = args.only in ("all", "cnn")
         setup = prepare(work, with_cnn=with_cnn)
+        setup.env["SEALSERVE_GATEWAYS"] = str(args.gateways)
         ceilings = measure_ceilings(args, with_cnn=with_cnn)
         rows: list[dict[str, Any]] = []
         if args.only not in ("fairness", "audit"):
@@ -680,11 +725,14 @@ def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
         results: dict[str, Any] = {
             "when": time.strftime("%Y-%m-%d %H:%M"),
             "machine": (
-                f"{os.cpu_count()} CPUs, {args.workers} workers, {args.seconds:g} s per point"
+                f"{os.cpu_count()} CPUs, {args.gateways} gateway processes, "
+                f"{args.workers} workers, {args.seconds:g} s per point"
             ),
             "ceiling": ceilings,
             "rows": rows,
         }
+        for line in verdicts(rows, ceilings):
+            print(line, flush=True)
         if args.only in ("all", "fairness"):
             results["fairness"] = fairness(setup, args)
         if args.only in ("all", "audit"):
