@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     pool_coalesce_max_calls: int = Field(default=64, ge=1)
     """Most client calls the gateway sends to a worker in one RPC (1: no coalescing)."""
 
+    pool_coalesce_delay_ms: float = Field(default=0.2, ge=0, le=100)
+    """When calls to a worker come less than five such delays apart, how long one may wait
+    for others to share its trip (0: never; at low load nothing waits)."""
+
     pool_rpcs_per_worker: int = Field(default=2, ge=1)
     """Infer RPCs the gateway keeps in flight per worker; further calls wait and coalesce."""
 

@@ -9,6 +9,12 @@ to ``max_calls``) leaves in the next RPC. At low load a call is sent at once
 (nothing waits, nothing is added); under load the calls per RPC grow with
 the load, which is what the worker's batcher then stacks into one invocation.
 
+Calls that do not arrive in the same turn of the loop (gRPC hands each
+call over on its own) would still leave one per RPC while RPCs are free, so
+when traffic is dense (the last RPC left less than ``DENSE_WINDOW`` delays
+ago) a call waits up to ``max_delay`` for company, like Nagle's algorithm:
+at low load nothing waits.
+
 The waiting list is bounded (``max_pending``): past it a call is refused as
 ``Overloaded``. When the worker dies, waiting calls fail with ``WorkerGone``
 and the pool retries them elsewhere, like calls of a failed RPC.
@@ -30,6 +36,8 @@ from server.service.errors import DeadlineExceeded, Overloaded, WorkerCrashed
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+DENSE_WINDOW = 5
+"""Traffic is dense when the last RPC left less than this many ``max_delay`` ago."""
 RPC_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 """Upper bounds of the calls-per-RPC histogram."""
 
@@ -75,8 +83,11 @@ class Coalescer:
         max_calls: int,
         max_pending: int,
         stats: RpcStats,
+        max_delay: float = 0.0,
     ) -> None:
         self._stub = stub
+        self._max_delay = max_delay
+        self._last_sent = float("-inf")
         self._max_rpcs = max_rpcs
         self._max_calls = max_calls
         self._max_pending = max_pending
@@ -103,9 +114,14 @@ class Coalescer:
         waiting = _Waiting(call, deadline, loop.create_future())
         self._waiting.append(waiting)
         if self._rpcs < self._max_rpcs and not self._scheduled:
-            # On the next turn of the loop, so calls parsed in this one go together.
+            # On the next turn of the loop, so calls parsed in this one go together;
+            # a little later when calls are dense, so those of the next turns do too.
             self._scheduled = True
-            loop.call_soon(self._flush)
+            delay = self._max_delay
+            if delay > 0 and loop.time() - self._last_sent < DENSE_WINDOW * delay:
+                loop.call_later(delay, self._flush)
+            else:
+                loop.call_soon(self._flush)
         return await waiting.future
 
     def fail_waiting(self) -> None:
@@ -141,6 +157,7 @@ class Coalescer:
                     waiting.future.set_exception(WorkerGone())
                 continue
             self._rpcs += 1
+            self._last_sent = now
             task = loop.create_task(self._send(stub, batch, max(w.deadline for w in batch) - now))
             self._sending.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(self._sending.discard)

@@ -194,6 +194,7 @@ class WorkerPool:
                 lambda: slot.process.frames if slot.state is WorkerState.LIVE else None,
                 max_rpcs=settings.pool_rpcs_per_worker,
                 max_calls=settings.pool_coalesce_max_calls,
+                max_delay=settings.pool_coalesce_delay_ms / 1000,
                 max_pending=settings.pool_max_pending,
                 stats=self.rpc_stats,
             )

@@ -38,7 +38,7 @@ def call(name: str) -> worker_pb2.InferCall:
     return worker_pb2.InferCall(request_id=name)
 
 
-def coalescer(stub: Stub | None, stats: RpcStats, **limits: int) -> Coalescer:
+def coalescer(stub: Stub | None, stats: RpcStats, **limits: float) -> Coalescer:
     """A coalescer over ``stub`` with one RPC in flight unless told otherwise."""
     options = {"max_rpcs": 1, "max_calls": 64, "max_pending": 100} | limits
     return Coalescer(lambda: stub, stats=stats, **options)
@@ -115,3 +115,43 @@ def test_no_stub_or_no_time_left() -> None:
             await coalescer(Stub(), RpcStats()).call(call("a"), loop.time() - 1)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("delay", "expected"), [(0.05, [["a"], ["b", "c"]]), (0.0, [["a"], ["b"], ["c"]])]
+)
+def test_dense_calls_wait_briefly_to_share_a_trip(delay: float, expected: list[list[str]]) -> None:
+    """Right after a trip, a call waits max_delay for company; with no delay each goes alone."""
+
+    async def scenario() -> Stub:
+        stub = Stub()
+        stub.release.set()
+        sender = coalescer(stub, RpcStats(), max_rpcs=2, max_delay=delay)
+        deadline = asyncio.get_running_loop().time() + 5
+        await sender.call(call("a"), deadline)  # nothing was sent before: it leaves at once
+        second = asyncio.ensure_future(sender.call(call("b"), deadline))
+        await asyncio.sleep(0.01)  # a later turn of the loop, well within the delay
+        third = asyncio.ensure_future(sender.call(call("c"), deadline))
+        await asyncio.gather(second, third)
+        return stub
+
+    assert asyncio.run(scenario()).requests == expected
+
+
+def test_sparse_calls_do_not_wait() -> None:
+    """A call long after the last trip leaves at once, whatever the delay."""
+
+    async def scenario() -> tuple[Stub, float]:
+        stub = Stub()
+        stub.release.set()
+        sender = coalescer(stub, RpcStats(), max_rpcs=2, max_delay=0.5)
+        deadline = asyncio.get_running_loop().time() + 10
+        await sender.call(call("a"), deadline)
+        await asyncio.sleep(2.6)  # more than five delays later: traffic is not dense
+        started = asyncio.get_running_loop().time()
+        await sender.call(call("b"), deadline)
+        return stub, asyncio.get_running_loop().time() - started
+
+    stub, took = asyncio.run(scenario())
+    assert stub.requests == [["a"], ["b"]]
+    assert took < 0.25
