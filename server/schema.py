@@ -6,6 +6,7 @@ the URL always comes from the settings the process was started with.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,17 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def head_revision(engine: Engine) -> str | None:
     """The newest revision the code knows."""
-    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    del engine  # the migrations ship with the code: the same for every database
+    return _code_head()
+
+
+@functools.cache
+def _code_head() -> str | None:
+    # Reading the migration scripts costs tens of milliseconds, and readiness
+    # checks ask every few seconds from the serving process: once is enough.
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
