@@ -61,7 +61,10 @@ class GrpcGateway:
 
     def bind(self, address: str) -> int:
         """Listen on ``address`` (``host:port``; port 0 picks one) and return the port."""
-        port = int(self.server.add_insecure_port(address))
+        try:
+            port = int(self.server.add_insecure_port(address))
+        except RuntimeError:  # how grpcio reports a failed bind (older releases returned 0)
+            port = 0
         if port == 0:
             msg = f"cannot listen for gRPC on {address}"
             raise OSError(msg)
