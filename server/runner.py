@@ -113,7 +113,10 @@ class Gateway:
             inference=self.inference,
             reuse_port=self.shared,
         )
-        self.grpc_port = self.grpc.bind(f"{settings.host}:{settings.grpc_port}")
+        self.grpc_port = settings.grpc_port
+        if index == 0:
+            # Before any worker starts, so a taken port fails the start at once.
+            self.grpc_port = self.grpc.bind(f"{settings.host}:{settings.grpc_port}")
         self.rest_socket: socket.socket | None = None
         config = uvicorn.Config(
             InferenceFastPath(
@@ -143,6 +146,10 @@ class Gateway:
         await self.pool.start()
         if self.index == 0:
             await self.services.supervisor.start()
+        else:
+            # A replica joins the shared gRPC port only now, like the REST one below: the
+            # kernel would hand it connections while its workers start, stalling them.
+            self.grpc.bind(f"{settings.host}:{settings.grpc_port}")
         await self.grpc.start()
         # Bound only now, when this process can answer: with shared ports the
         # kernel hands connections to every listening socket of the group.
