@@ -1,0 +1,495 @@
+"""The framed inference hop over a real Unix socket: multiplexing, draining, loss, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import struct
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from protos import worker_pb2
+from server.pool.dispatcher import WorkerGone
+from server.pool.frames import MAX_FRAME_BYTES, FrameChannel, FrameServer, frames_path
+from server.service.errors import DeadlineExceeded
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+HEADER = struct.Struct(">IQB")
+GUARD = 5.0
+"""No scenario step may take this long: a hang fails the test instead of blocking it."""
+
+
+@pytest.fixture
+def socket_path() -> Iterator[Path]:
+    """A socket path in a fresh private directory under /tmp (sun_path holds ~100 bytes)."""
+    directory = Path(tempfile.mkdtemp(prefix="ss-"))
+    yield directory / "w.sock"
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def request(name: str) -> worker_pb2.InferRequest:
+    """A request with one call recognisable by its request id."""
+    return worker_pb2.InferRequest(calls=[worker_pb2.InferCall(request_id=name)])
+
+
+def answer(req: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+    """Echo each call's request id as the name of its one output."""
+    return worker_pb2.InferResponse(
+        results=[
+            worker_pb2.InferResult(outputs=[worker_pb2.Tensor(name=call.request_id)])
+            for call in req.calls
+        ]
+    )
+
+
+def name_of(reply: worker_pb2.InferResponse) -> str:
+    """The echoed request id."""
+    return reply.results[0].outputs[0].name
+
+
+async def echo(req: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+    """Answer at once."""
+    return answer(req)
+
+
+class Gate:
+    """A handler that holds every call until ``open`` is set, and counts what it saw."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.arrived: list[str] = []
+        self.answered: list[str] = []
+        self._progress = asyncio.Event()
+
+    async def __call__(self, req: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+        """Record the call, wait for the gate, echo it."""
+        self.arrived.append(req.calls[0].request_id)
+        self._progress.set()
+        await self.open.wait()
+        self.answered.append(req.calls[0].request_id)
+        self._progress.set()
+        return answer(req)
+
+    async def until(self, *, arrived: int = 0, answered: int = 0) -> None:
+        """Wait until that many calls reached the handler (or were answered by it)."""
+        while len(self.arrived) < arrived or len(self.answered) < answered:
+            self._progress.clear()
+            await self._progress.wait()
+
+
+def record_loop_errors(errors: list[dict[str, object]]) -> None:
+    """Collect what the event loop would log as unhandled (e.g. an InvalidStateError)."""
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+
+
+def test_frames_path_sits_beside_the_grpc_socket() -> None:
+    """The inference socket is the worker socket's name plus ``.infer``, with or without unix:."""
+    assert frames_path("unix:/srv/ss/w0.sock") == Path("/srv/ss/w0.sock.infer")
+    assert frames_path(Path("/srv/ss/w0.sock")) == Path("/srv/ss/w0.sock.infer")
+
+
+def test_concurrent_calls_each_get_their_own_answer_out_of_order(socket_path: Path) -> None:
+    """40 calls on one connection; the handler finishes them in reverse; each gets its own."""
+    count = 40
+    finished: list[str] = []
+
+    async def reverse(req: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+        index = int(req.calls[0].request_id)
+        await asyncio.sleep(0.005 * (count - index))  # the first call sent answers last
+        finished.append(req.calls[0].request_id)
+        return answer(req)
+
+    async def scenario() -> tuple[list[str], int]:
+        server = FrameServer(reverse)
+        await server.start(socket_path)
+        channel = FrameChannel(socket_path)
+        try:
+            calls = [channel.Infer(request(str(i)), timeout=GUARD) for i in range(count)]
+            replies = await asyncio.wait_for(asyncio.gather(*calls), GUARD)
+            return [name_of(r) for r in replies], len(server.connections)
+        finally:
+            channel.close()
+            await server.stop(0)
+
+    names, connections = asyncio.run(scenario())
+    assert names == [str(i) for i in range(count)]
+    assert connections == 1
+    # The answers really did come back out of order (mostly reversed).
+    assert finished[0] == str(count - 1)
+    assert finished[-1] == "0"
+
+
+def test_a_frame_split_into_single_bytes_is_reassembled(socket_path: Path) -> None:
+    """A request written one byte at a time, then two frames in one write, are all answered."""
+    payload = request("slow-bytes").SerializeToString()
+    frame = HEADER.pack(len(payload), 7, 0) + payload
+    second = request("b").SerializeToString()
+    third = request("c").SerializeToString()
+    pair = HEADER.pack(len(second), 8, 0) + second + HEADER.pack(len(third), 9, 0) + third
+
+    async def read_frames(sock: socket.socket, count: int) -> dict[int, str]:
+        loop = asyncio.get_running_loop()
+        data = b""
+        found: dict[int, str] = {}
+        while len(found) < count:
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, "the server closed the connection"
+            data += chunk
+            while len(data) >= HEADER.size:
+                length, ident, kind = HEADER.unpack_from(data)
+                if len(data) < HEADER.size + length:
+                    break
+                assert kind == 0
+                body = data[HEADER.size : HEADER.size + length]
+                found[ident] = name_of(worker_pb2.InferResponse.FromString(body))
+                data = data[HEADER.size + length :]
+        return found
+
+    async def scenario() -> dict[int, str]:
+        server = FrameServer(echo)
+        await server.start(socket_path)
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, str(socket_path))
+            for byte in frame:
+                await loop.sock_sendall(sock, bytes([byte]))
+                await asyncio.sleep(0)
+            await loop.sock_sendall(sock, pair)
+            found = await asyncio.wait_for(read_frames(sock, 3), GUARD)
+        await server.stop(0)
+        return found
+
+    assert asyncio.run(scenario()) == {7: "slow-bytes", 8: "b", 9: "c"}
+
+
+def test_draining_server_sends_new_calls_elsewhere_and_finishes_running_ones(
+    socket_path: Path,
+) -> None:
+    """During ``stop(grace)`` a new call raises WorkerGone; the running ones still get answers."""
+
+    async def scenario() -> tuple[list[str], float]:
+        gate = Gate()
+        server = FrameServer(gate)
+        await server.start(socket_path)
+        channel = FrameChannel(socket_path)
+        running = [asyncio.ensure_future(channel.Infer(request(n), timeout=GUARD)) for n in "ab"]
+        await asyncio.wait_for(gate.until(arrived=2), GUARD)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        stopping = asyncio.ensure_future(server.stop(grace=3.0))
+        await asyncio.sleep(0.05)
+        assert not stopping.done()  # waiting for the running calls
+        with pytest.raises(WorkerGone):
+            await asyncio.wait_for(channel.Infer(request("late"), timeout=GUARD), GUARD)
+        assert gate.arrived == ["a", "b"]  # the late call never reached the handler
+        gate.open.set()
+        replies = await asyncio.wait_for(asyncio.gather(*running), GUARD)
+        await asyncio.wait_for(stopping, GUARD)
+        took = loop.time() - began
+        channel.close()
+        return [name_of(r) for r in replies], took
+
+    names, took = asyncio.run(scenario())
+    assert names == ["a", "b"]
+    assert took < 1.5  # stop returned once the calls finished, not at the end of the grace
+
+
+def test_a_call_outliving_the_grace_fails_as_worker_gone(socket_path: Path) -> None:
+    """When the grace runs out the server closes its connections: the stuck call is retryable."""
+
+    async def scenario() -> float:
+        gate = Gate()  # never opened
+        server = FrameServer(gate)
+        await server.start(socket_path)
+        channel = FrameChannel(socket_path)
+        stuck = asyncio.ensure_future(channel.Infer(request("stuck"), timeout=GUARD))
+        await asyncio.wait_for(gate.until(arrived=1), GUARD)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await asyncio.wait_for(server.stop(grace=0.2), GUARD)
+        with pytest.raises(WorkerGone):
+            await asyncio.wait_for(stuck, GUARD)
+        took = loop.time() - began
+        channel.close()
+        gate.open.set()
+        await asyncio.sleep(0.01)  # let the handler's task finish against the closed transport
+        return took
+
+    took = asyncio.run(scenario())
+    assert 0.15 < took < 2.0
+
+
+def test_a_killed_server_connection_fails_every_pending_call(socket_path: Path) -> None:
+    """The worker's end of the connection aborts: all waiting calls raise WorkerGone, none hang."""
+
+    async def scenario() -> list[BaseException | worker_pb2.InferResponse]:
+        gate = Gate()
+        server = FrameServer(gate)
+        await server.start(socket_path)
+        channel = FrameChannel(socket_path)
+        pending = [channel.Infer(request(str(i)), timeout=GUARD) for i in range(10)]
+        calls = asyncio.ensure_future(asyncio.gather(*pending, return_exceptions=True))
+        await asyncio.wait_for(gate.until(arrived=10), GUARD)
+        for connection in list(server.connections):
+            assert connection.transport is not None
+            connection.transport.abort()
+        outcomes = await asyncio.wait_for(calls, GUARD)
+        # The channel connects again for the next call.
+        gate.open.set()
+        again = await asyncio.wait_for(channel.Infer(request("again"), timeout=GUARD), GUARD)
+        assert name_of(again) == "again"
+        channel.close()
+        await server.stop(0)
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert len(outcomes) == 10
+    assert all(isinstance(outcome, WorkerGone) for outcome in outcomes), outcomes
+
+
+def test_a_server_that_is_gone_fails_calls_as_worker_gone(socket_path: Path) -> None:
+    """Server stopped: waiting calls and new calls (refused connection, no socket) raise WorkerGone."""
+
+    async def scenario() -> None:
+        gate = Gate()
+        server = FrameServer(gate)
+        await server.start(socket_path)
+        channel = FrameChannel(socket_path)
+        waiting = asyncio.ensure_future(channel.Infer(request("w"), timeout=GUARD))
+        await asyncio.wait_for(gate.until(arrived=1), GUARD)
+        await server.stop(0)
+        with pytest.raises(WorkerGone):
+            await asyncio.wait_for(waiting, GUARD)
+        # The socket file may still be there, with nobody listening: refused.
+        with pytest.raises(WorkerGone):
+            await asyncio.wait_for(channel.Infer(request("next"), timeout=GUARD), GUARD)
+        socket_path.unlink(missing_ok=True)
+        with pytest.raises(WorkerGone):
+            await asyncio.wait_for(
+                FrameChannel(socket_path).Infer(request("none"), timeout=GUARD), GUARD
+            )
+        channel.close()
+        gate.open.set()
+
+    asyncio.run(scenario())
+
+
+def test_no_answer_in_time_is_deadline_exceeded_and_a_late_answer_is_ignored(
+    socket_path: Path,
+) -> None:
+    """The call times out at its deadline; the answer arriving later is dropped without error."""
+    errors: list[dict[str, object]] = []
+
+    async def scenario() -> tuple[float, str]:
+        record_loop_errors(errors)
+        gate = Gate()
+        server = FrameServer(gate)
+        await server.start(socket_path)
+        channel = FrameChannel(socket_path)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(channel.Infer(request("slow"), timeout=0.2), GUARD)
+        took = loop.time() - began
+        gate.open.set()  # the late answer is written now
+        await asyncio.wait_for(gate.until(answered=1), GUARD)
+        await asyncio.sleep(0.05)  # and read by the channel
+        # The connection survived and still carries calls.
+        reply = await asyncio.wait_for(channel.Infer(request("next"), timeout=GUARD), GUARD)
+        assert len(server.connections) == 1
+        channel.close()
+        await server.stop(0)
+        return took, name_of(reply)
+
+    took, name = asyncio.run(scenario())
+    assert 0.15 < took < 1.0
+    assert name == "next"
+    assert errors == []
+
+
+def test_an_oversized_frame_makes_the_worker_close_the_connection(socket_path: Path) -> None:
+    """A length header above MAX_FRAME_BYTES: the server hangs up without reading the payload."""
+
+    async def scenario() -> tuple[bytes | None, int]:
+        server = FrameServer(echo)
+        await server.start(socket_path)
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, str(socket_path))
+            await loop.sock_sendall(sock, HEADER.pack(MAX_FRAME_BYTES + 1, 1, 0) + b"x" * 64)
+            try:
+                received: bytes | None = await asyncio.wait_for(loop.sock_recv(sock, 1024), GUARD)
+            except ConnectionResetError:
+                received = None  # an abort may reset instead of closing cleanly
+        await asyncio.sleep(0.02)
+        connections = len(server.connections)
+        await server.stop(0)
+        return received, connections
+
+    received, connections = asyncio.run(scenario())
+    assert received in (b"", None)
+    assert connections == 0
+
+
+def test_a_frame_of_exactly_the_limit_is_not_refused_for_its_size(socket_path: Path) -> None:
+    """The limit is inclusive: a header of MAX_FRAME_BYTES keeps the connection open."""
+
+    async def scenario() -> int:
+        server = FrameServer(echo)
+        await server.start(socket_path)
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, str(socket_path))
+            await loop.sock_sendall(sock, HEADER.pack(MAX_FRAME_BYTES, 1, 0) + b"x" * 64)
+            await asyncio.sleep(0.1)
+            connections = len(server.connections)
+        await server.stop(0)
+        return connections
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_an_oversized_answer_makes_the_gateway_drop_the_connection(socket_path: Path) -> None:
+    """A worker answering with a too-large length header: the channel hangs up, the call is gone."""
+
+    async def scenario() -> bytes:
+        seen = asyncio.get_running_loop().create_future()
+
+        async def liar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            length, ident, _ = HEADER.unpack(await reader.readexactly(HEADER.size))
+            await reader.readexactly(length)
+            writer.write(HEADER.pack(MAX_FRAME_BYTES + 1, ident, 0) + b"y" * 32)
+            await writer.drain()
+            try:
+                rest = await reader.read()  # returns once the channel has closed its end
+            except ConnectionResetError:
+                rest = b""
+            seen.set_result(rest)
+            writer.close()
+
+        server = await asyncio.start_unix_server(liar, str(socket_path))
+        channel = FrameChannel(socket_path)
+        with pytest.raises(WorkerGone):
+            await asyncio.wait_for(channel.Infer(request("x"), timeout=GUARD), GUARD)
+        rest = await asyncio.wait_for(seen, GUARD)
+        channel.close()
+        server.close()
+        await server.wait_closed()
+        return rest
+
+    assert asyncio.run(scenario()) == b""  # nothing more was sent; the channel hung up
+
+
+def test_undecodable_request_costs_the_peer_its_connection(socket_path: Path) -> None:
+    """A request frame whose payload is not an InferRequest: the server aborts the connection."""
+
+    async def scenario() -> bytes | None:
+        server = FrameServer(echo)
+        await server.start(socket_path)
+        loop = asyncio.get_running_loop()
+        garbage = b"\xff\xff\xff\xff"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, str(socket_path))
+            await loop.sock_sendall(sock, HEADER.pack(len(garbage), 3, 0) + garbage)
+            try:
+                received: bytes | None = await asyncio.wait_for(loop.sock_recv(sock, 1024), GUARD)
+            except ConnectionResetError:
+                received = None
+        await server.stop(0)
+        return received
+
+    assert asyncio.run(scenario()) in (b"", None)
+
+
+def test_close_fails_waiting_calls_and_every_later_call(socket_path: Path) -> None:
+    """``close()``: the calls waiting raise WorkerGone at once, later calls too (no reconnect)."""
+
+    async def scenario() -> None:
+        gate = Gate()
+        server = FrameServer(gate)
+        await server.start(socket_path)
+        channel = FrameChannel(socket_path)
+        waiting = [
+            asyncio.ensure_future(channel.Infer(request(str(i)), timeout=GUARD)) for i in range(3)
+        ]
+        await asyncio.wait_for(gate.until(arrived=3), GUARD)
+        channel.close()
+        outcomes = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 1.0)
+        assert all(isinstance(outcome, WorkerGone) for outcome in outcomes), outcomes
+        with pytest.raises(WorkerGone):
+            await asyncio.wait_for(channel.Infer(request("later"), timeout=GUARD), 1.0)
+        await asyncio.sleep(0.05)
+        assert len(server.connections) == 0  # the channel did not connect again
+        gate.open.set()
+        await server.stop(1.0)
+
+    asyncio.run(scenario())
+
+
+def test_close_before_any_call_refuses_calls(socket_path: Path) -> None:
+    """A channel closed before it ever connected never connects."""
+
+    async def scenario() -> int:
+        server = FrameServer(echo)
+        await server.start(socket_path)
+        channel = FrameChannel(socket_path)
+        channel.close()
+        with pytest.raises(WorkerGone):
+            await asyncio.wait_for(channel.Infer(request("x"), timeout=GUARD), GUARD)
+        connections = len(server.connections)
+        await server.stop(0)
+        return connections
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_channels_reach_a_server_restarted_on_the_same_path(socket_path: Path) -> None:
+    """After a worker restarts on the same socket path, a new channel (and the old one) work."""
+
+    async def scenario() -> list[str]:
+        first = FrameServer(echo)
+        await first.start(socket_path)
+        old = FrameChannel(socket_path)
+        names = [name_of(await asyncio.wait_for(old.Infer(request("1"), timeout=GUARD), GUARD))]
+        await first.stop(0)
+        await asyncio.sleep(0.02)  # the old channel sees its connection end
+        second = FrameServer(echo)
+        await second.start(socket_path)  # replaces the stale socket file
+        new = FrameChannel(socket_path)
+        names.append(name_of(await asyncio.wait_for(new.Infer(request("2"), timeout=GUARD), GUARD)))
+        names.append(name_of(await asyncio.wait_for(old.Infer(request("3"), timeout=GUARD), GUARD)))
+        assert len(second.connections) == 2
+        new.close()
+        old.close()
+        await second.stop(0)
+        return names
+
+    assert asyncio.run(scenario()) == ["1", "2", "3"]
+
+
+def test_concurrent_first_calls_share_one_connection(socket_path: Path) -> None:
+    """Many calls racing to connect a fresh channel open a single connection."""
+
+    async def scenario() -> int:
+        server = FrameServer(echo)
+        await server.start(socket_path)
+        channel = FrameChannel(socket_path)
+        calls = [channel.Infer(request(str(i)), timeout=GUARD) for i in range(20)]
+        replies = await asyncio.wait_for(asyncio.gather(*calls), GUARD)
+        assert [name_of(r) for r in replies] == [str(i) for i in range(20)]
+        connections = len(server.connections)
+        channel.close()
+        await server.stop(0)
+        return connections
+
+    assert asyncio.run(scenario()) == 1
