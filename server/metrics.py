@@ -111,12 +111,20 @@ class Metrics:
             ["tenant", "reason"],
             registry=self.registry,
         )
+        self._grpc_counters: dict[tuple[str, str], Counter] = {}
         self.names: dict[str, tuple[str, str]] = {}
         """Model version id -> (model name, version): labels for what workers report."""
         if shared_dir is not None:
             # The families above write to files; the exposition reads every process's.
             self.registry = CollectorRegistry()
             MultiProcessCollector(self.registry, path=str(shared_dir))  # type: ignore[no-untyped-call]
+
+    def count_grpc(self, method: str, code: str) -> None:
+        """Count one finished gRPC call (its counter child is looked up once)."""
+        counter = self._grpc_counters.get((method, code))
+        if counter is None:
+            counter = self._grpc_counters[method, code] = self.grpc_requests.labels(method, code)
+        counter.inc()
 
     def watch_pool(self, pool: PoolView) -> None:
         """Export the pool's worker state on every scrape."""

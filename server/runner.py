@@ -77,7 +77,11 @@ class Gateway:
         self.health = HealthService(container.engine)
         # Unix socket paths must stay under ~100 bytes, so not under a deep data_dir;
         # mkdtemp makes the directory private (0700) to this user.
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="sealserve-"))
+        # A replica's goes inside the primary's shared directory, so it is removed
+        # with it even when the replica is killed and cannot clean up after itself.
+        self.socket_dir = Path(
+            tempfile.mkdtemp(prefix="sealserve-", dir=shared_dir if index > 0 else None)
+        )
         self.pool = WorkerPool(
             settings,
             workers=worker_share(settings.workers, settings.gateways, index),
@@ -112,6 +116,7 @@ class Gateway:
             access=services.access,
             inference=self.inference,
             reuse_port=self.shared,
+            on_done=self.metrics.count_grpc,
         )
         self.grpc_port = settings.grpc_port
         if index == 0:

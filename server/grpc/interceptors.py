@@ -65,11 +65,21 @@ def _bind_call_context(
     )
 
 
+def _code_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The status a servicer aborted with (it called ``context.abort`` itself)."""
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
 class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticate and authorize by the policy table; map errors by the error table."""
 
-    def __init__(self, access: AccessControl) -> None:
+    def __init__(
+        self, access: AccessControl, *, on_done: Callable[[str, str], None] | None = None
+    ) -> None:
         self._access = access
+        self._on_done = on_done
+        """Told each finished call's method and status code name (for ``/metrics``)."""
 
     async def intercept_service(
         self,
@@ -81,20 +91,19 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return handler
         method: str = handler_call_details.method
-        operation = grpc_operation(method)
         metadata = handler_call_details.invocation_metadata or ()
         authorization = next(
             (str(value) for key, value in metadata if key == "authorization"), None
         )
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, operation, authorization, metadata),
+                self._unary(handler.unary_unary, method, authorization, metadata),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, operation, authorization, metadata),
+                self._stream(handler.unary_stream, method, authorization, metadata),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -103,53 +112,75 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _unary(
         self,
         inner: Callable[..., Any],
-        operation: str | None,
+        method: str,
         authorization: str | None,
         metadata: Sequence[tuple[str, Any]],
     ) -> Callable[..., Awaitable[Any]]:
+        operation = grpc_operation(method)
+
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _bind_call_context(context, metadata)
+            code = "OK"
             try:
-                token = _principal.set(await self._access.authorize_call(operation, authorization))
-            except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
-                await abort_with(context, exc)
-                return None
-            try:
-                return await inner(request, context)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
-                await abort_with(context, exc)
-                return None
+                try:
+                    principal = await self._access.authorize_call(operation, authorization)
+                except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
+                    code = spec_for(exc).grpc
+                    await abort_with(context, exc)
+                    return None
+                token = _principal.set(principal)
+                try:
+                    return await inner(request, context)
+                except grpc.aio.AbortError:
+                    code = _code_name(context)
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
+                    code = spec_for(exc).grpc
+                    await abort_with(context, exc)
+                    return None
+                finally:
+                    _principal.reset(token)
             finally:
-                _principal.reset(token)
+                if self._on_done is not None:
+                    self._on_done(method, code)
 
         return behavior
 
     def _stream(
         self,
         inner: Callable[..., AsyncIterator[Any]],
-        operation: str | None,
+        method: str,
         authorization: str | None,
         metadata: Sequence[tuple[str, Any]],
     ) -> Callable[..., AsyncIterator[Any]]:
+        operation = grpc_operation(method)
+
         async def behavior(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             _bind_call_context(context, metadata)
+            code = "OK"
             try:
-                token = _principal.set(await self._access.authorize_call(operation, authorization))
-            except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
-                await abort_with(context, exc)
-                return
-            try:
-                async for item in inner(request, context):
-                    yield item
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
-                await abort_with(context, exc)
+                try:
+                    principal = await self._access.authorize_call(operation, authorization)
+                except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
+                    code = spec_for(exc).grpc
+                    await abort_with(context, exc)
+                    return
+                token = _principal.set(principal)
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    code = _code_name(context)
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
+                    code = spec_for(exc).grpc
+                    await abort_with(context, exc)
+                finally:
+                    _principal.reset(token)
             finally:
-                _principal.reset(token)
+                if self._on_done is not None:
+                    self._on_done(method, code)
 
         return behavior

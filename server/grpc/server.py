@@ -14,6 +14,8 @@ from server.grpc.interceptors import GatewayInterceptor
 from server.grpc.servicers import InferenceServicer, add_to_server
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from server.service.access import AccessControl
     from server.service.health import HealthService
     from server.service.inference import InferenceService
@@ -33,9 +35,10 @@ class GrpcGateway:
         inference: InferenceService,
         poll_seconds: float = 2.0,
         reuse_port: bool = False,
+        on_done: Callable[[str, str], None] | None = None,
     ) -> None:
         self.server = grpc.aio.server(
-            interceptors=[GatewayInterceptor(access)],
+            interceptors=[GatewayInterceptor(access, on_done=on_done)],
             options=[
                 # Shared only among this server's own gateway processes; otherwise
                 # a second server on the same port must fail, not split the traffic.

@@ -110,3 +110,22 @@ def test_sigterm_stops_gracefully(tmp_path) -> None:
     running = start_server(env, tmp_path / "server.log")
     assert running.stop() == 0
     assert "stopped" in running.output()
+
+
+def test_metrics_count_grpc_calls_by_method_and_code(server) -> None:
+    """gRPC calls are counted by method and status code, refusals included."""
+    running, _ = server
+    from protos import inference_pb2, inference_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(inference_pb2.ModelInferRequest(model_name="digits"), timeout=5)
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    text = httpx.get(f"{running.url}/metrics").text
+    assert 'sealserve_grpc_requests_total{code="OK",method="/grpc.health.v1.Health/Check"}' in text
+    assert (
+        'sealserve_grpc_requests_total{code="UNAUTHENTICATED",'
+        'method="/inference.GRPCInferenceService/ModelInfer"}' in text
+    )
