@@ -11,6 +11,12 @@ not batchable (no variable batch dimension, or outputs that turned out not
 to follow the rows) gets batches of one call and is never held back,
 whatever the limits say.
 
+Invocations run on the worker's inference thread, so a long one never
+delays ``Ping`` or ``Status``; but a small model runs in microseconds, less
+than the two thread hand-overs cost, so a model whose recent invocations
+took under ``INLINE_SECONDS`` is run on the event loop itself (which then
+waits at most that long).
+
 The queue is bounded (``max_queue`` calls): past it a call is refused at once
 as ``OVERLOADED`` rather than left to wait out its deadline. A call whose
 budget ran out while it waited is answered ``DEADLINE_EXCEEDED`` without
@@ -34,6 +40,10 @@ if TYPE_CHECKING:
     from server.pool.runtime import LoadedModel
     from server.service.types import Tensor
 
+INLINE_SECONDS = 0.0005
+"""Below this recent invocation time a model runs on the event loop, not the inference thread."""
+_RECENT_WEIGHT = 0.2
+"""Weight of the newest invocation in the running average of invocation times."""
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 """Upper bounds of the batch-size histogram a worker reports (rows per invocation)."""
 
@@ -90,6 +100,8 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
         self.stats = stats or BatchStats()
+        self._recent: float | None = None
+        """Running average of this model's invocation times (seconds); None until one ran."""
 
     @property
     def _limit(self) -> int:
@@ -126,17 +138,34 @@ class Batcher:
                 if not batch:
                     continue
                 calls = [(waiting.inputs, waiting.outputs) for waiting in batch]
+                started = time.perf_counter()
                 try:
-                    results = await loop.run_in_executor(self._executor, self.model.run_many, calls)
+                    if self.quick:
+                        results = self.model.run_many(calls)
+                    else:
+                        results = await loop.run_in_executor(
+                            self._executor, self.model.run_many, calls
+                        )
                 except Exception as exc:  # noqa: BLE001 - every waiting call gets it
                     for waiting in batch:
                         _settle(waiting.future, exc)
                     continue
+                finally:
+                    self._timed(time.perf_counter() - started)
                 self.stats.record(len(batch), sum(waiting.rows for waiting in batch))
                 for waiting, result in zip(batch, results, strict=True):
                     _settle(waiting.future, result)
         finally:
             self._task = None
+
+    @property
+    def quick(self) -> bool:
+        """Whether the model's recent invocations were quick enough to run on the loop."""
+        return self._recent is not None and self._recent < INLINE_SECONDS
+
+    def _timed(self, seconds: float) -> None:
+        recent = self._recent
+        self._recent = seconds if recent is None else recent + _RECENT_WEIGHT * (seconds - recent)
 
     async def _fill(self, first: _Waiting, loop: asyncio.AbstractEventLoop) -> None:
         """Hold a short batch back until it is full or ``max_delay`` passed since now."""

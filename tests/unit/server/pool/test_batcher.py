@@ -142,3 +142,43 @@ def test_model_without_batch_dimension_runs_calls_one_by_one(digits: Digits) -> 
     calls = [([_input(digits.x_test[i : i + 1])], []) for i in range(3)]
     results = model.run_many(calls)
     assert all(not isinstance(r, Exception) and r[0].shape == (1, 10) for r in results)
+
+
+class _Timed:
+    """A real model behind a wrapper that records the thread of each invocation and can be slow."""
+
+    def __init__(self, model: LoadedModel, *, extra_seconds: float) -> None:
+        self._model = model
+        self._extra = extra_seconds
+        self.batchable = model.batchable
+        self.threads: list[str] = []
+
+    def run_many(self, calls):
+        self.threads.append(threading.current_thread().name)
+        if self._extra:
+            threading.Event().wait(self._extra)
+        return self._model.run_many(calls)
+
+
+@pytest.mark.parametrize(("extra", "inline"), [(0.0, True), (0.002, False)])
+def test_quick_models_run_on_the_loop_slow_ones_on_the_inference_thread(
+    model: LoadedModel, digits: Digits, extra: float, *, inline: bool
+) -> None:
+    """A model whose invocations average under INLINE_SECONDS moves to the loop; a slower one never."""
+    timed = _Timed(model, extra_seconds=extra)
+
+    async def scenario() -> list[list[Tensor]]:
+        with ThreadPoolExecutor(1, thread_name_prefix="inference") as pool:
+            batcher = Batcher(timed, executor=pool, max_batch=8, max_delay=0, max_queue=64)  # type: ignore[arg-type]
+            results = []
+            for row in range(20):
+                x = digits.x_test[row : row + 1]
+                results.append(await batcher.submit([_input(x)], [], deadline=None))
+            assert batcher.quick is inline
+            return results
+
+    results = asyncio.run(scenario())
+    assert timed.threads[0].startswith("inference")  # the first time is never trusted
+    settled = {name.startswith("inference") for name in timed.threads[10:]}
+    assert settled == {not inline}
+    assert all(out.shape == (1, 10) for (out,) in results)
