@@ -79,9 +79,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):  # typ
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
         """Run one inference."""
+        principal = _principal()
+        await self._inference.admit(principal, request.model_name, request.model_version or None)
         parsed = converters.infer_request(request)
         answer = await self._inference.infer(
-            _principal(), request.model_name, request.model_version or None, parsed
+            principal, request.model_name, request.model_version or None, parsed
         )
         return converters.infer_response(answer)
 

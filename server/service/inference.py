@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from server.service.audit import CallRecord
 from server.service.datatypes import element_count
-from server.service.errors import InvalidRequest, ModelNotReady, PayloadTooLarge
+from server.service.errors import InvalidRequest, ModelNotReady, Overloaded, PayloadTooLarge
 from server.service.types import InferRequest, InferResponse, ModelKey, Tensor
 from server.status import spec_for
 
@@ -115,6 +115,33 @@ class InferenceService:
     async def model_ready(self, principal: Principal, model: str, ref: str | None = None) -> bool:
         """Whether the version can serve (raises NotFound for an unknown model)."""
         return (await self.version(principal, model, ref)).state == "ready"
+
+    async def admit(self, principal: Principal, model: str, ref: str | None) -> None:
+        """Refuse now a call the tenant's limits would refuse, before its body is decoded.
+
+        The refusal is recorded like any other (audit log, limit metrics);
+        ``infer`` still admits the call for real.
+        """
+        limits = self._limits
+        if limits is None or principal.tenant_id is None:
+            return
+        try:
+            limits.check(principal.tenant_id)
+        except Overloaded as exc:
+            if self._recorder is not None:
+                await self._recorder.submit_call(
+                    CallRecord(
+                        tenant_id=principal.tenant_id,
+                        model=model,
+                        version=ref or "default",
+                        subject=principal.subject,
+                        client_id=principal.client_id,
+                        outcome=spec_for(exc).public_code,
+                        latency_ms=0.0,
+                        request_id=None,
+                    )
+                )
+            raise
 
     async def infer(
         self, principal: Principal, model: str, ref: str | None, request: InferRequest

@@ -73,23 +73,41 @@ class TenantLimits:
         if state is None:
             state = self._tenants[tenant_id] = _Tenant(0, self.burst, now)
             self._sweep(now)
+        self._refill(state, now)
+        self._refuse_if_over(tenant_id, state)
+        if self.rate:
+            state.tokens -= 1.0
+        state.in_flight += 1
+
+    def check(self, tenant_id: str) -> None:
+        """Raise ``Overloaded`` now if ``acquire`` would; admits nothing.
+
+        Lets a transport refuse a call before reading and decoding its body,
+        so a tenant far over its limits costs the server as little as possible.
+        """
+        state = self._tenants.get(tenant_id)
+        if state is not None:
+            self._refill(state, self._clock())
+            self._refuse_if_over(tenant_id, state)
+
+    def _refill(self, state: _Tenant, now: float) -> None:
+        if self.rate:
+            state.tokens = min(self.burst, state.tokens + (now - state.refilled) * self.rate)
+            state.refilled = now
+
+    def _refuse_if_over(self, tenant_id: str, state: _Tenant) -> None:
         if self.max_concurrency and state.in_flight >= self.max_concurrency:
             self._refused(tenant_id, "concurrency")
             raise Overloaded(
                 "too many concurrent inference calls for this tenant; retry later",
                 retry_after=1.0,
             )
-        if self.rate:
-            state.tokens = min(self.burst, state.tokens + (now - state.refilled) * self.rate)
-            state.refilled = now
-            if state.tokens < 1.0 - 1e-9:  # float noise must not refuse an exact refill
-                self._refused(tenant_id, "rate")
-                raise Overloaded(
-                    "this tenant's inference rate limit is exceeded; retry later",
-                    retry_after=(1.0 - state.tokens) / self.rate,
-                )
-            state.tokens -= 1.0
-        state.in_flight += 1
+        if self.rate and state.tokens < 1.0 - 1e-9:  # float noise must not refuse an exact refill
+            self._refused(tenant_id, "rate")
+            raise Overloaded(
+                "this tenant's inference rate limit is exceeded; retry later",
+                retry_after=(1.0 - state.tokens) / self.rate,
+            )
 
     def release(self, tenant_id: str) -> None:
         """One admitted call of ``tenant_id`` finished (however it ended)."""

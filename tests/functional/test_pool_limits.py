@@ -113,3 +113,18 @@ def test_limits_apply_over_grpc_as_resource_exhausted(limited) -> None:
     codes = asyncio.run(scenario())
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def test_a_tenant_over_its_limit_is_refused_before_its_body_is_read(limited) -> None:
+    """Once the bucket is empty even a malformed body gets 429, not 400: nothing was decoded."""
+    server, tokens = limited
+    headers = {"Authorization": f"Bearer {tokens['flood']}"}
+    url = f"{server.url}/v2/models/digits/infer"
+    with httpx.Client(timeout=30) as http:
+        replies = [http.post(url, json=body(), headers=headers) for _ in range(3 * RATE)]
+        assert 429 in {reply.status_code for reply in replies}
+        malformed = http.post(url, content=b"{not json", headers=headers)
+        predict = http.post(f"{server.url}/v1/models/digits:predict", content=b"[", headers=headers)
+    assert malformed.status_code == 429, malformed.text
+    assert predict.status_code == 429, predict.text
+    assert malformed.json()["code"] == "overloaded"

@@ -71,3 +71,33 @@ def test_default_burst_is_one_second_of_rate() -> None:
         limits.acquire("a")
     with pytest.raises(Overloaded):
         limits.acquire("a")
+
+
+def test_check_refuses_like_acquire_but_admits_nothing() -> None:
+    """``check`` passes while a call would be admitted, refuses when not, and consumes nothing."""
+    clock = Clock()
+    refused: list[tuple[str, str]] = []
+    limits = TenantLimits(
+        rate=10,
+        burst=2,
+        max_concurrency=3,
+        clock=clock,
+        on_limited=lambda t, r: refused.append((t, r)),
+    )
+    limits.check("new")  # an unknown tenant is never refused
+    for _ in range(5):
+        limits.check("a")  # checking does not spend the bucket
+    limits.acquire("a")
+    limits.acquire("a")
+    assert limits.in_flight("a") == 2
+    with pytest.raises(Overloaded) as caught:
+        limits.check("a")  # the bucket is empty
+    assert caught.value.retry_after == pytest.approx(0.1)
+    clock.now += 0.1
+    limits.check("a")  # refilled by one
+    limits.acquire("a")
+    clock.now += 1
+    with pytest.raises(Overloaded):
+        limits.check("a")  # tokens again, but three calls already run
+    assert limits.in_flight("a") == 3
+    assert refused == [("a", "rate"), ("a", "concurrency")]
