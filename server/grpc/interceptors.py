@@ -7,6 +7,7 @@ is handed to servicers through a context variable set for that call only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -109,6 +110,40 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         return handler  # no streaming-request methods are served
 
+    @contextlib.asynccontextmanager
+    async def _guarded(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        authorization: str | None,
+        metadata: Sequence[tuple[str, Any]],
+    ) -> AsyncIterator[None]:
+        """One call's frame, for unary and streaming answers alike.
+
+        Binds its log context, checks the policy, hands the principal to the
+        servicer, sends every error through the table (``abort`` raises, so a
+        refused call never reaches the servicer) and counts it in ``/metrics``.
+        """
+        _bind_call_context(context, metadata)
+        code = "OK"
+        token = None
+        try:
+            try:
+                principal = await self._access.authorize_call(grpc_operation(method), authorization)
+                token = _principal.set(principal)
+                yield
+            except grpc.aio.AbortError:
+                code = _code_name(context)
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
+                code = spec_for(exc).grpc
+                await abort_with(context, exc)
+        finally:
+            if token is not None:
+                _principal.reset(token)
+            if self._on_done is not None:
+                self._on_done(method, code)
+
     def _unary(
         self,
         inner: Callable[..., Any],
@@ -116,33 +151,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         authorization: str | None,
         metadata: Sequence[tuple[str, Any]],
     ) -> Callable[..., Awaitable[Any]]:
-        operation = grpc_operation(method)
-
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            _bind_call_context(context, metadata)
-            code = "OK"
-            try:
-                try:
-                    principal = await self._access.authorize_call(operation, authorization)
-                except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
-                    code = spec_for(exc).grpc
-                    await abort_with(context, exc)
-                    return None
-                token = _principal.set(principal)
-                try:
-                    return await inner(request, context)
-                except grpc.aio.AbortError:
-                    code = _code_name(context)
-                    raise
-                except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
-                    code = spec_for(exc).grpc
-                    await abort_with(context, exc)
-                    return None
-                finally:
-                    _principal.reset(token)
-            finally:
-                if self._on_done is not None:
-                    self._on_done(method, code)
+            async with self._guarded(context, method, authorization, metadata):
+                return await inner(request, context)
 
         return behavior
 
@@ -153,34 +164,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         authorization: str | None,
         metadata: Sequence[tuple[str, Any]],
     ) -> Callable[..., AsyncIterator[Any]]:
-        operation = grpc_operation(method)
-
         async def behavior(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            _bind_call_context(context, metadata)
-            code = "OK"
-            try:
-                try:
-                    principal = await self._access.authorize_call(operation, authorization)
-                except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
-                    code = spec_for(exc).grpc
-                    await abort_with(context, exc)
-                    return
-                token = _principal.set(principal)
-                try:
-                    async for item in inner(request, context):
-                        yield item
-                except grpc.aio.AbortError:
-                    code = _code_name(context)
-                    raise
-                except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
-                    code = spec_for(exc).grpc
-                    await abort_with(context, exc)
-                finally:
-                    _principal.reset(token)
-            finally:
-                if self._on_done is not None:
-                    self._on_done(method, code)
+            async with self._guarded(context, method, authorization, metadata):
+                async for item in inner(request, context):
+                    yield item
 
         return behavior
