@@ -29,9 +29,11 @@ run: install
 	$(BIN)/sealserve init --if-missing --demo
 	$(BIN)/sealserve serve
 
-## test: install with test extras and run the whole suite
+## test: install with test extras and run the whole suite (one pytest process per core,
+## each test file kept in one process so its module-scoped servers are started once)
+PYTEST_WORKERS ?= 2
 test: install-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check .
