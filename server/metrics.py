@@ -111,7 +111,7 @@ class Metrics:
             ["tenant", "reason"],
             registry=self.registry,
         )
-        self._grpc_counters: dict[tuple[str, str], Counter] = {}
+        self._children: dict[tuple[int | str, ...], Counter] = {}
         self.names: dict[str, tuple[str, str]] = {}
         """Model version id -> (model name, version): labels for what workers report."""
         if shared_dir is not None:
@@ -121,10 +121,19 @@ class Metrics:
 
     def count_grpc(self, method: str, code: str) -> None:
         """Count one finished gRPC call (its counter child is looked up once)."""
-        counter = self._grpc_counters.get((method, code))
-        if counter is None:
-            counter = self._grpc_counters[method, code] = self.grpc_requests.labels(method, code)
-        counter.inc()
+        self._child(self.grpc_requests, method, code).inc()
+
+    def count_http(self, route: str, method: str, status: int) -> None:
+        """Count one finished HTTP call by route template (the hot path's way to do it)."""
+        self._child(self.http_requests, route, method, str(status)).inc()
+
+    def _child(self, family: Counter, *labels: str) -> Counter:
+        # ``labels()`` takes a lock and builds a key on every call; children never change.
+        key: tuple[int | str, ...] = (id(family), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
 
     def watch_pool(self, pool: PoolView) -> None:
         """Export the pool's worker state on every scrape."""

@@ -34,8 +34,6 @@ from server.rest.routes.v2 import run_infer
 from server.service.errors import PayloadTooLarge
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from auth import Principal
@@ -121,7 +119,6 @@ class InferenceFastPath:
         self._operation = {template: rest_operation("POST", template) for template, *_ in _ROUTES}
         self._id_prefix, self._ids = os.urandom(6).hex(), itertools.count(1)
         """Request ids: unique per process start, 32 hex digits like a uuid, no syscall."""
-        self._counters: dict[tuple[str, int], Callable[[], None]] = {}
         self._histograms = {
             template: metrics.http_latency.labels(template) for template, *_ in _ROUTES
         }
@@ -189,7 +186,7 @@ class InferenceFastPath:
             await send({"type": "http.response.body", "body": content})
             status = 200
         finally:
-            self._count(template, status)
+            self._metrics.count_http(template, "POST", status)
             self._histograms[template].observe(time.perf_counter() - started)
 
     @staticmethod
@@ -205,10 +202,3 @@ class InferenceFastPath:
         response.headers[REQUEST_ID_HEADER.decode()] = request_id
         await response(scope, receive, send)
         return response.status_code
-
-    def _count(self, template: str, status: int) -> None:
-        counter = self._counters.get((template, status))
-        if counter is None:
-            counter = self._metrics.http_requests.labels(template, "POST", str(status)).inc
-            self._counters[(template, status)] = counter
-        counter()

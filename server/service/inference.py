@@ -128,19 +128,7 @@ class InferenceService:
         try:
             limits.check(principal.tenant_id)
         except Overloaded as exc:
-            if self._recorder is not None:
-                await self._recorder.submit_call(
-                    CallRecord(
-                        tenant_id=principal.tenant_id,
-                        model=model,
-                        version=ref or "default",
-                        subject=principal.subject,
-                        client_id=principal.client_id,
-                        outcome=spec_for(exc).public_code,
-                        latency_ms=0.0,
-                        request_id=None,
-                    )
-                )
+            await self._record(principal, model, ref or "default", spec_for(exc).public_code)
             raise
 
     async def infer(
@@ -162,20 +150,41 @@ class InferenceService:
             outcome = spec_for(exc).public_code
             raise
         finally:
-            if principal.tenant_id is not None:
-                await self._recorder.submit_call(
-                    CallRecord(
-                        tenant_id=principal.tenant_id,
-                        model=model,
-                        version=version,
-                        subject=principal.subject,
-                        client_id=principal.client_id,
-                        outcome=outcome,
-                        latency_ms=(time.perf_counter() - started) * 1000,
-                        request_id=request.id,
-                    )
-                )
+            await self._record(
+                principal,
+                model,
+                version,
+                outcome,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                request_id=request.id,
+            )
         return response
+
+    async def _record(
+        self,
+        principal: Principal,
+        model: str,
+        version: str,
+        outcome: str,
+        *,
+        latency_ms: float = 0.0,
+        request_id: str | None = None,
+    ) -> None:
+        """Queue one call's audit record (tenant principals only, when auditing is on)."""
+        if self._recorder is None or principal.tenant_id is None:
+            return
+        await self._recorder.submit_call(
+            CallRecord(
+                tenant_id=principal.tenant_id,
+                model=model,
+                version=version,
+                subject=principal.subject,
+                client_id=principal.client_id,
+                outcome=outcome,
+                latency_ms=latency_ms,
+                request_id=request_id,
+            )
+        )
 
     async def _infer(
         self, principal: Principal, model: str, ref: str | None, request: InferRequest
