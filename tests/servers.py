@@ -10,8 +10,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
 
 SEALSERVE = str(Path(sys.executable).with_name("sealserve"))
 
@@ -36,6 +43,18 @@ def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env.update({"SEALSERVE_DATA_DIR": str(data_dir), "SEALSERVE_WORKERS": "1"})
     env.update(extra)
     return env
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not within {timeout} s")
+        time.sleep(interval)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import grpc
 import httpx
@@ -32,12 +32,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from protos import inference_pb2, inference_pb2_grpc
 from tests.digits import digits_test_split, in_process_probabilities
 from tests.functional.conftest import token_for
-from tests.servers import SEALSERVE, ServerProcess, free_port, server_env, start_server
+from tests.servers import (
+    SEALSERVE,
+    ServerProcess,
+    free_port,
+    server_env,
+    start_server,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-T = TypeVar("T")
 
 GRACE = 2.0
 INFER_ROUTE = "/v2/models/{model}/infer"
@@ -83,18 +89,6 @@ def argument(pid: int, flag: str) -> str:
     """The value after ``flag`` in the command line of ``pid``."""
     args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
     return args[args.index(flag) + 1]
-
-
-def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not within {timeout} s")
-        time.sleep(interval)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from protos import inference_pb2, inference_pb2_grpc
 from tests.digits import DEMO_MODEL, accuracy, digits_test_split, in_process_probabilities
 from tests.functional.conftest import auth_header as _auth
-from tests.servers import cli
+from tests.servers import cli, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,7 +170,16 @@ def test_labels_and_versions_resolve(stack) -> None:
     # The demo client holds infer and models:read only: uploads need models:write.
     assert reply.status_code == 403
     cli("models", "push", str(DEMO_MODEL), "--name", "digits", "--tenant", "demo", env=env)
-    assert httpx.get(f"{running.url}/v2/models/digits", headers=headers).json()["versions"] == ["2"]
+    # The CLI wrote to the database from another process: the server's resolution
+    # cache follows within its 2 s lifetime, never later.
+    wait_for(
+        lambda: (
+            httpx.get(f"{running.url}/v2/models/digits", headers=headers).json()["versions"]
+            == ["2"]
+        ),
+        timeout=3.0,
+        what="version 2 as the default",
+    )
     assert httpx.get(f"{running.url}/v2/models/digits/versions/1", headers=headers).json()[
         "versions"
     ] == ["1"]
