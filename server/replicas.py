@@ -13,6 +13,12 @@ primary, whichever way the primary ends.
 
 The primary restarts a replica that exits (with backoff) and, on shutdown,
 stops them with the same grace as its own calls.
+
+Each gateway leaves a marker in the shared directory once it takes
+connections, and the group reports ready only when every gateway has: a
+client that connected earlier would land on the primary alone and, with
+keep-alive, stay there. A replica that dies later does not make the group
+unready; the others serve while it restarts.
 """
 
 from __future__ import annotations
@@ -42,6 +48,16 @@ RESTART_BACKOFF = (0.5, 10.0)
 """First and longest delay before restarting a replica that keeps exiting."""
 STOP_TIMEOUT = 5.0
 """How long past the grace a replica gets to exit before it is killed."""
+
+
+def mark_listening(shared_dir: Path, index: int) -> None:
+    """Gateway ``index`` takes connections now."""
+    (shared_dir / f"listening-{index}").touch()
+
+
+def all_listening(shared_dir: Path, gateways: int) -> bool:
+    """Whether every gateway of the group has taken connections since the group started."""
+    return all((shared_dir / f"listening-{index}").exists() for index in range(gateways))
 
 
 class _Replica:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import shutil
 import signal
@@ -24,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from server.grpc.server import GrpcGateway
 from server.metrics import Metrics
 from server.pool.pool import WorkerPool
-from server.replicas import Replicas
+from server.replicas import Replicas, all_listening, mark_listening
 from server.rest.app import create_app
 from server.rest.fastpath import InferenceFastPath
 from server.service.health import HealthService
@@ -76,7 +77,14 @@ class Gateway:
             # The primary's: metrics of every gateway process meet here.
             self.shared_dir = Path(tempfile.mkdtemp(prefix="sealserve-gateways-"))
         self.metrics = Metrics(shared_dir=self.shared_dir, gateway=index)
-        self.health = HealthService(container.engine)
+        self.health = HealthService(
+            container.engine,
+            gateways_listening=(
+                functools.partial(all_listening, self.shared_dir, settings.gateways)
+                if self.shared_dir is not None
+                else None
+            ),
+        )
         # Unix socket paths must stay under ~100 bytes, so not under a deep data_dir;
         # mkdtemp makes the directory private (0700) to this user.
         # A replica's goes inside the primary's shared directory, so it is removed
@@ -186,6 +194,8 @@ class Gateway:
             gateway=self.index,
             gateways=settings.gateways,
         )
+        if self.shared_dir is not None:
+            mark_listening(self.shared_dir, self.index)
         await self.stopping.wait()
         log.info("shutting down", grace_seconds=settings.shutdown_grace_seconds)
         self.http.should_exit = True

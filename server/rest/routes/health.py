@@ -19,15 +19,13 @@ async def live() -> Response:
 
 @router.get("/v2/health/ready", tags=["health"])
 async def ready(request: Request) -> Response:
-    """The server can take traffic: database reachable and migrated."""
+    """The server can take traffic: database reachable and migrated, every gateway listening."""
     health = request.app.state.container_health
-    if await run_in_threadpool(health.ready):
+    problem = await run_in_threadpool(health.problem)
+    if problem is None:
         return Response(status_code=200)
     return error_response(
-        request,
-        status=503,
-        message="server is not ready: database unavailable or not migrated",
-        code="unavailable",
+        request, status=503, message=f"server is not ready: {problem}", code="unavailable"
     )
 
 
