@@ -109,9 +109,15 @@ class FrameServer:
     """Answers ``InferRequest`` frames with ``handler`` on a Unix socket."""
 
     def __init__(
-        self, handler: Callable[[worker_pb2.InferRequest], Awaitable[worker_pb2.InferResponse]]
+        self,
+        handler: Callable[[worker_pb2.InferRequest], Awaitable[worker_pb2.InferResponse]],
+        *,
+        answer_now: Callable[[worker_pb2.InferRequest], worker_pb2.InferResponse | None]
+        | None = None,
     ) -> None:
         self._handler = handler
+        self._answer_now = answer_now
+        """Answers a request on the spot when it can (no task); ``None`` hands it to ``handler``."""
         self._server: asyncio.AbstractServer | None = None
         self.connections: set[_ServerConnection] = set()
         self._running: set[asyncio.Task[None]] = set()
@@ -129,15 +135,10 @@ class FrameServer:
         self._server = await asyncio.get_running_loop().create_unix_server(connection, str(path))
 
     def started(self, connection: _ServerConnection, ident: int, payload: bytes) -> None:
-        """A request frame arrived: answer it in its own task (or refuse it when draining)."""
+        """A request frame arrived: answer it now, or in its own task (refuse it when draining)."""
         if self._draining:
             connection.send(ident, DRAINING, b"")
             return
-        task = asyncio.get_running_loop().create_task(self._answer(connection, ident, payload))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def _answer(self, connection: _ServerConnection, ident: int, payload: bytes) -> None:
         try:
             request = worker_pb2.InferRequest.FromString(payload)
         except Exception:  # noqa: BLE001 - a peer speaking nonsense loses its connection
@@ -145,6 +146,18 @@ class FrameServer:
             if connection.transport is not None:
                 connection.transport.abort()
             return
+        if self._answer_now is not None:
+            reply = self._answer_now(request)
+            if reply is not None:
+                connection.send(ident, ANSWER, reply.SerializeToString())
+                return
+        task = asyncio.get_running_loop().create_task(self._answer(connection, ident, request))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _answer(
+        self, connection: _ServerConnection, ident: int, request: worker_pb2.InferRequest
+    ) -> None:
         reply = await self._handler(request)
         connection.send(ident, ANSWER, reply.SerializeToString())
 

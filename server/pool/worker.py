@@ -57,10 +57,10 @@ from server.pool.messages import key_from_pb, key_to_pb, tensor_from_pb, tensor_
 from server.service.errors import InvalidRequest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from server.pool.runtime import LoadedModel
-    from server.service.types import ModelKey
+    from server.service.types import ModelKey, Tensor
     from server.settings import Settings
     from storage import BatchSettings
 
@@ -185,12 +185,81 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
         Reached over gRPC (``Infer``) or, from the local gateway, over the
         framed inference socket (``server.pool.frames``).
         """
+        answered = self.answer_now(request)
+        if answered is not None:
+            return answered
         received = time.monotonic()
         if len(request.calls) == 1:
             results = [await self._call(request.calls[0], received)]
         else:
             results = await asyncio.gather(*(self._call(call, received) for call in request.calls))
         return worker_pb2.InferResponse(results=results)
+
+    def answer_now(self, request: worker_pb2.InferRequest) -> worker_pb2.InferResponse | None:
+        """The answer, run at once, if every call's model is loaded and ready now.
+
+        The common case under load (a warm, quick model) without a task or
+        future per call; ``None`` (nothing run) means: answer it with ``infer``,
+        through the queues.
+        """
+        calls = request.calls
+        refused: dict[int, worker_pb2.InferResult] = {}
+        groups = self._ready_now(calls, refused)
+        if groups is None:
+            return None
+        results = refused
+        for batcher, positions in groups.values():
+            runnable: list[int] = []
+            work: list[tuple[list[Tensor], list[str]]] = []
+            for position in positions:
+                call = calls[position]
+                try:
+                    work.append(([tensor_from_pb(t) for t in call.inputs], list(call.outputs)))
+                except InvalidRequest as exc:
+                    results[position] = _failed(CallFailed(INVALID_INPUT, exc.message))
+                    continue
+                runnable.append(position)
+            if runnable:
+                for position, outcome in zip(runnable, batcher.run_now(work), strict=True):
+                    results[position] = self._result(outcome, calls[position].request_id)
+        return worker_pb2.InferResponse(results=[results[p] for p in range(len(calls))])
+
+    def _ready_now(
+        self, calls: Sequence[worker_pb2.InferCall], refused: dict[int, worker_pb2.InferResult]
+    ) -> dict[ModelKey, tuple[Batcher, list[int]]] | None:
+        """Call positions by model when every model is loaded and ready now, else ``None``.
+
+        Calls naming no valid model are answered into ``refused``.
+        """
+        groups: dict[ModelKey, tuple[Batcher, list[int]]] = {}
+        for position, call in enumerate(calls):
+            try:
+                key = key_from_pb(call.model)
+            except InvalidRequest as exc:
+                refused[position] = _failed(CallFailed(INVALID_INPUT, exc.message))
+                continue
+            group = groups.get(key)
+            if group is None:
+                model = self._cache.loaded(key)
+                if model is None:
+                    return None
+                batcher = self._batcher(key, model)
+                if not batcher.ready_now:
+                    return None
+                group = groups[key] = (batcher, [])
+            group[1].append(position)
+        return groups
+
+    @staticmethod
+    def _result(outcome: list[Tensor] | Exception, request_id: str) -> worker_pb2.InferResult:
+        if isinstance(outcome, CallFailed):
+            return _failed(outcome)
+        if isinstance(outcome, Exception):
+            log.error("inference call failed", request_id=request_id or None, exc_info=outcome)
+            return worker_pb2.InferResult(
+                error=worker_pb2.CallError(code=INTERNAL, message=INTERNAL_MESSAGE)
+            )
+        return worker_pb2.InferResult(outputs=[tensor_to_pb(tensor) for tensor in outcome])
 
     async def _call(self, call: worker_pb2.InferCall, received: float) -> worker_pb2.InferResult:
         deadline = received + call.timeout_ms / 1000 if call.timeout_ms else None
@@ -211,7 +280,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
                 self._cache.release(model)
             return worker_pb2.InferResult(outputs=[tensor_to_pb(tensor) for tensor in outputs])
         except CallFailed as exc:
-            return worker_pb2.InferResult(error=exc.to_pb())
+            return _failed(exc)
         except Exception:  # whatever it was, the caller gets a generic answer; the log has it
             log.exception("inference call failed", request_id=call.request_id or None)
             return worker_pb2.InferResult(
@@ -296,6 +365,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
         return worker_pb2.PingResponse(instance_id=self.instance_id, draining=self.draining)
 
 
+def _failed(error: CallFailed) -> worker_pb2.InferResult:
+    return worker_pb2.InferResult(error=error.to_pb())
+
+
 def _loaded_pb(
     key: ModelKey, model: LoadedModel, batcher: Batcher | None = None
 ) -> worker_pb2.LoadedModel:
@@ -331,7 +404,7 @@ async def serve(address: str, settings: Settings, *, parent_lifeline: bool = Fal
     )
     service = WorkerService(cache=cache, batching=BatchPolicy.from_settings(settings))
     server = create_server(service, address)
-    frames = FrameServer(service.infer)
+    frames = FrameServer(service.infer, answer_now=service.answer_now)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     grace = settings.shutdown_grace_seconds

@@ -182,3 +182,65 @@ def test_quick_models_run_on_the_loop_slow_ones_on_the_inference_thread(
     settled = {name.startswith("inference") for name in timed.threads[10:]}
     assert settled == {not inline}
     assert all(out.shape == (1, 10) for (out,) in results)
+
+
+def test_the_wait_for_the_inference_thread_is_not_counted_as_the_models_time(
+    model: LoadedModel, digits: Digits
+) -> None:
+    """A quick model stays quick though its first call waited 50 ms for a busy thread.
+
+    Counting that wait kept a quick model on the thread (and its calls off the
+    fast path) for as long as the loop was busy.
+    """
+    executor = ThreadPoolExecutor(1)
+
+    async def scenario() -> Batcher:
+        batcher = Batcher(model, executor=executor, max_batch=4, max_delay=0, max_queue=10)
+        executor.submit(threading.Event().wait, 0.05)  # busy when the first call arrives
+        await batcher.submit([_input(digits.x_test[:1])], [], deadline=None)
+        return batcher
+
+    batcher = asyncio.run(scenario())
+    executor.shutdown()
+    assert batcher.quick
+
+
+def test_run_now_answers_at_once_in_batches_of_max_batch_rows(
+    model: LoadedModel, digits: Digits, reference: Reference
+) -> None:
+    """Only a quick model with nothing ahead may skip the queue; it still batches by rows."""
+    executor = ThreadPoolExecutor(1)
+    stats = BatchStats()
+
+    async def scenario() -> list[list[Tensor] | Exception]:
+        batcher = Batcher(
+            model, executor=executor, max_batch=4, max_delay=0, max_queue=10, stats=stats
+        )
+        assert not batcher.ready_now  # never timed yet: not trusted to be quick
+        await batcher.submit([_input(digits.x_test[:1])], [], deadline=None)
+        assert batcher.ready_now
+        queued = asyncio.ensure_future(
+            batcher.submit([_input(digits.x_test[:1])], [], deadline=None)
+        )
+        await asyncio.sleep(0)  # it is queued; its drain has not run yet
+        busy = batcher.ready_now  # a call waits ahead: later ones must queue behind it
+        await queued
+        assert not busy
+        assert batcher.ready_now
+        calls = [
+            ([_input(digits.x_test[0:3])], []),
+            ([_input(digits.x_test[3:4], name="nope")], []),
+            ([_input(digits.x_test[4:6])], []),
+        ]
+        return batcher.run_now(calls)
+
+    first, misnamed, last = asyncio.run(scenario())
+    executor.shutdown()
+    assert isinstance(misnamed, CallFailed)
+    assert misnamed.code == INVALID_INPUT
+    assert not isinstance(first, Exception)
+    assert not isinstance(last, Exception)
+    assert np.allclose(first[0].data, reference(digits.x_test[0:3]), atol=1e-6)
+    assert np.allclose(last[0].data, reference(digits.x_test[4:6]), atol=1e-6)
+    # 3 + 1 rows fill the first invocation; the last 2 rows go in a second one.
+    assert (stats.calls, stats.batches, stats.rows) == (2 + 3, 2 + 2, 2 + 6)

@@ -125,6 +125,35 @@ def test_concurrent_calls_each_get_their_own_answer_out_of_order(socket_path: Pa
     assert finished[-1] == "0"
 
 
+def test_answer_now_serves_what_it_can_and_the_handler_the_rest(socket_path: Path) -> None:
+    """Requests ``answer_now`` answers never reach the handler; those it declines do."""
+    handled: list[str] = []
+
+    def on_the_spot(req: worker_pb2.InferRequest) -> worker_pb2.InferResponse | None:
+        return answer(req) if req.calls[0].request_id.startswith("now") else None
+
+    async def queued(req: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+        handled.append(req.calls[0].request_id)
+        await asyncio.sleep(0)
+        return answer(req)
+
+    async def scenario() -> list[str]:
+        server = FrameServer(queued, answer_now=on_the_spot)
+        await server.start(socket_path)
+        channel = FrameChannel(socket_path)
+        try:
+            names = ["now-1", "later-1", "now-2", "later-2"]
+            calls = [channel.Infer(request(name), timeout=GUARD) for name in names]
+            replies = await asyncio.wait_for(asyncio.gather(*calls), GUARD)
+            return [name_of(r) for r in replies]
+        finally:
+            channel.close()
+            await server.stop(0)
+
+    assert asyncio.run(scenario()) == ["now-1", "later-1", "now-2", "later-2"]
+    assert handled == ["later-1", "later-2"]
+
+
 def test_a_frame_split_into_single_bytes_is_reassembled(socket_path: Path) -> None:
     """A request written one byte at a time, then two frames in one write, are all answered."""
     payload = request("slow-bytes").SerializeToString()

@@ -278,3 +278,48 @@ def test_pool_started_worker_exits_when_stdin_closes(socket_dir: Path, sealed: S
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_warm_model_answers_a_frame_on_the_spot_each_call_on_its_own(
+    sealed: Sealed, digits: Digits, reference: Reference
+) -> None:
+    """Once warm, a frame is answered without queueing, with the answers the queue gives.
+
+    Good, misnamed, undecodable and keyless calls in one frame each get their
+    own answer; a frame naming a model not loaded is left to the queue, unrun.
+    """
+    x = digits.x_test[:2]
+    undecodable = call(sealed.key, x)
+    del undecodable.inputs[0].shape[:]
+    undecodable.inputs[0].shape.extend([3, 64])  # the bytes hold 2 rows
+    frame = worker_pb2.InferRequest(
+        calls=[
+            call(sealed.key, x),
+            call(sealed.key, x, name="pixels"),
+            undecodable,
+            worker_pb2.InferCall(model=worker_pb2.ModelKey(model_version_id="v")),
+            call(sealed.key, digits.x_test[2:3]),
+        ]
+    )
+    other = ModelKey(sealed.tenant_id, "00000000-0000-0000-0000-000000000000")
+
+    async def scenario() -> tuple[worker_pb2.InferResponse, worker_pb2.InferResponse]:
+        service = WorkerService(cache=ModelCache(open_model=opener(sealed)))
+        try:
+            assert service.answer_now(frame) is None  # cold: nothing is loaded yet
+            queued = await service.infer(frame)
+            answered = service.answer_now(frame)
+            assert answered is not None
+            assert service.answer_now(worker_pb2.InferRequest(calls=[call(other, x)])) is None
+            return queued, answered
+        finally:
+            service.close()
+
+    queued, answered = asyncio.run(scenario())
+    assert answered == queued
+    good, misnamed, undecoded, keyless, single = answered.results
+    assert np.array_equal(tensor_from_pb(good.outputs[0]).data, reference(x))
+    assert np.array_equal(tensor_from_pb(single.outputs[0]).data, reference(digits.x_test[2:3]))
+    assert "unknown input 'pixels'" in misnamed.error.message
+    for refused in (misnamed, undecoded, keyless):
+        assert refused.error.code == CODE.Value("CALL_ERROR_CODE_INVALID_INPUT")
