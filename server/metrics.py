@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from prometheus_client import Metric
 
-    from server.pool.pool import WorkerStatus
+    from server.pool.status import WorkerStatus
     from server.service.types import ModelKey
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import os
 import stat
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -44,8 +42,9 @@ from server.pool.errors import (
     service_error,
 )
 from server.pool.frames import frames_path
-from server.pool.messages import key_from_pb, key_to_pb, tensor_from_pb, tensor_to_pb
+from server.pool.messages import key_to_pb, tensor_from_pb, tensor_to_pb
 from server.pool.process import WorkerProcess, WorkerStartError, settings_for_worker
+from server.pool.status import WorkerState, WorkerStatus, status_from_reply
 from server.service.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -77,64 +76,6 @@ STATUS_INTERVAL = 1.0
 """How often each worker's ``Status`` is read (placement and metrics)."""
 STOP_TIMEOUT = 5.0
 """How long a worker gets to exit after SIGTERM before it is killed."""
-
-
-class WorkerState(enum.StrEnum):
-    """Where a worker slot is in its life."""
-
-    STARTING = "starting"
-    LIVE = "live"
-    DEAD = "dead"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelStatus:
-    """One model a worker holds."""
-
-    key: ModelKey
-    bytes_used: int
-    idle_ms: int
-    in_flight: int
-    queued: int = 0
-    """Calls waiting in the model's batch queue on the worker."""
-
-
-@dataclass(frozen=True, slots=True)
-class BatchStatus:
-    """How a worker has batched one model's calls since it started."""
-
-    key: ModelKey
-    calls: int
-    batches: int
-    rows: int
-    size_buckets: tuple[int, ...]
-    """Invocations by rows, per ``server.pool.batcher.BATCH_BUCKETS`` (+ the rest)."""
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStatus:
-    """One worker slot, as ``WorkerPool.status`` reports it."""
-
-    index: int
-    state: WorkerState
-    pid: int | None
-    instance_id: str | None
-    restarts: int
-    in_flight: int
-    """Calls the pool has sent to this worker and not had answered."""
-    worker_in_flight: int | None = None
-    """Calls the worker has received and not answered, as it reports them."""
-    models: tuple[ModelStatus, ...] = ()
-    rss_bytes: int | None = None
-    """None when the worker did not answer ``Status``."""
-    models_bytes: int = 0
-    budget_bytes: int = 0
-    """The worker's memory budget for models (0: none)."""
-    evictions: int = 0
-    batching: tuple[BatchStatus, ...] = ()
-    waiting: int = 0
-    """Calls held in the gateway for this worker, not yet sent."""
 
 
 class _Slot:
@@ -531,42 +472,7 @@ class WorkerPool:
             reply = await slot.stub.Status(worker_pb2.StatusRequest(), timeout=PING_TIMEOUT)
         except grpc.aio.AioRpcError:
             return base
-        models = tuple(
-            ModelStatus(
-                key=key_from_pb(entry.model),
-                bytes_used=entry.bytes_used,
-                idle_ms=entry.idle_ms,
-                in_flight=entry.in_flight,
-                queued=entry.queued,
-            )
-            for entry in reply.models
-        )
-        batching = tuple(
-            BatchStatus(
-                key=key_from_pb(entry.model),
-                calls=entry.calls,
-                batches=entry.batches,
-                rows=entry.rows,
-                size_buckets=tuple(entry.size_buckets),
-            )
-            for entry in reply.batching
-        )
-        return WorkerStatus(
-            index=base.index,
-            state=base.state,
-            pid=base.pid,
-            instance_id=reply.instance_id,
-            restarts=base.restarts,
-            in_flight=base.in_flight,
-            worker_in_flight=reply.in_flight,
-            models=models,
-            rss_bytes=reply.memory.rss_bytes,
-            models_bytes=reply.memory.models_bytes,
-            budget_bytes=reply.memory.budget_bytes,
-            evictions=reply.evictions,
-            batching=batching,
-            waiting=base.waiting,
-        )
+        return status_from_reply(base, reply)
 
 
 def _rpc_failure(exc: grpc.aio.AioRpcError | WorkerGone) -> tuple[grpc.StatusCode, str]:

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 from server.pool import pool as pool_module
-from server.pool.pool import WorkerPool, WorkerState, WorkerStatus
+from server.pool.pool import WorkerPool
 from server.pool.process import settings_for_worker
+from server.pool.status import WorkerState, WorkerStatus
 from server.service.errors import DeadlineExceeded, InvalidRequest, ModelNotReady, Unavailable
 from server.service.types import ModelKey, Tensor
 
