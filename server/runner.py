@@ -30,7 +30,7 @@ from server.rest.app import create_app
 from server.rest.fastpath import InferenceFastPath
 from server.service.health import HealthService
 from server.service.inference import InferenceService
-from server.service.limits import TenantLimits
+from server.service.limits import SharedTenantTable, TenantLimits
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -104,6 +104,13 @@ class Gateway:
             rate=settings.tenant_rate_limit,
             burst=settings.tenant_rate_burst,
             on_limited=lambda tenant, reason: self.metrics.limited.labels(tenant, reason).inc(),
+            # With shared ports a tenant's calls land on any gateway: the limits are the host's.
+            shared=(
+                SharedTenantTable(self.shared_dir / "tenant-limits", gateway=index)
+                if self.shared_dir is not None
+                and (settings.tenant_max_concurrency or settings.tenant_rate_limit)
+                else None
+            ),
         )
         self.inference = InferenceService(
             resolver=services.resolver,

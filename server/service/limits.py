@@ -7,26 +7,45 @@ with ``Overloaded`` (429 with ``Retry-After`` over REST, RESOURCE_EXHAUSTED
 over gRPC) instead of waiting: a queue the flooding tenant could fill would
 delay everyone behind it.
 
-State is per gateway process and in memory: with several gateway processes
-each enforces the configured limits on the calls it receives. Buckets of
-tenants idle for a while are dropped so the table stays small.
+State is in memory, or, when several gateway processes share the host's
+ports, in a file all of them map (``SharedTenantTable``): the limits then
+hold for the tenant's calls to the host, whichever process receives them.
+Each process keeps its own count of the calls it has in flight, so a
+process that dies does not leave its calls counted against the tenant once
+it restarts. Buckets of tenants idle for a while are dropped from the
+in-memory table so it stays small.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import math
+import mmap
+import os
+import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import structlog
+
 from server.service.errors import Overloaded
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+log = structlog.get_logger(__name__)
 
 IDLE_FORGET_SECONDS = 300.0
 """A tenant with no call in flight and a full bucket this long is forgotten."""
 _SWEEP_EVERY = 1024
+MAX_GATEWAYS = 64
+"""Gateway processes a shared table counts calls for (``--gateways`` is capped at this)."""
+SHARED_SLOTS = 4096
+"""Tenants a shared table holds; more fall back to per-process limits (with a warning)."""
 
 
 @dataclass(slots=True)
@@ -47,12 +66,14 @@ class TenantLimits:
         burst: int = 0,
         clock: Callable[[], float] = time.monotonic,
         on_limited: Callable[[str, str], None] | None = None,
+        shared: SharedTenantTable | None = None,
     ) -> None:
         self.max_concurrency = max_concurrency
         self.rate = rate
         self.burst = float(burst or max(1, math.ceil(rate)))
         self._clock = clock
         self._on_limited = on_limited
+        self._shared = shared
         self._tenants: dict[str, _Tenant] = {}
         self._checks = 0
 
@@ -62,22 +83,20 @@ class TenantLimits:
         return bool(self.max_concurrency or self.rate)
 
     def in_flight(self, tenant_id: str) -> int:
-        """Calls the tenant has running now."""
-        state = self._tenants.get(tenant_id)
-        return 0 if state is None else state.in_flight
+        """Calls the tenant has running now (in every process sharing the table)."""
+        with self._state(tenant_id, self._clock(), create=False) as state:
+            return 0 if state is None else state.in_flight
 
     def acquire(self, tenant_id: str) -> None:
         """Admit one call of ``tenant_id`` or raise ``Overloaded``; pair with ``release``."""
         now = self._clock()
-        state = self._tenants.get(tenant_id)
-        if state is None:
-            state = self._tenants[tenant_id] = _Tenant(0, self.burst, now)
-            self._sweep(now)
-        self._refill(state, now)
-        self._refuse_if_over(tenant_id, state)
-        if self.rate:
-            state.tokens -= 1.0
-        state.in_flight += 1
+        with self._state(tenant_id, now, create=True) as state:
+            assert state is not None  # noqa: S101 - created on demand
+            self._refill(state, now)
+            self._refuse_if_over(tenant_id, state)
+            if self.rate:
+                state.tokens -= 1.0
+            state.in_flight += 1
 
     def check(self, tenant_id: str) -> None:
         """Raise ``Overloaded`` now if ``acquire`` would; admits nothing.
@@ -85,10 +104,34 @@ class TenantLimits:
         Lets a transport refuse a call before reading and decoding its body,
         so a tenant far over its limits costs the server as little as possible.
         """
+        now = self._clock()
+        with self._state(tenant_id, now, create=False) as state:
+            if state is not None:
+                self._refill(state, now)
+                self._refuse_if_over(tenant_id, state)
+
+    def release(self, tenant_id: str) -> None:
+        """One admitted call of ``tenant_id`` finished (however it ended)."""
+        with self._state(tenant_id, self._clock(), create=False) as state:
+            if state is not None and state.in_flight > 0:
+                state.in_flight -= 1
+
+    @contextlib.contextmanager
+    def _state(self, tenant_id: str, now: float, *, create: bool) -> Iterator[_Tenant | None]:
+        """The tenant's state to read and change (written back to the shared table, if any)."""
+        if self._shared is not None and tenant_id not in self._tenants:
+            try:
+                with self._shared.tenant(tenant_id, now, self.burst, create=create) as shared:
+                    yield shared
+            except TableFull:
+                log.warning("tenant limit table is full; this tenant is limited per process")
+            else:
+                return
         state = self._tenants.get(tenant_id)
-        if state is not None:
-            self._refill(state, self._clock())
-            self._refuse_if_over(tenant_id, state)
+        if state is None and create:
+            state = self._tenants[tenant_id] = _Tenant(0, self.burst, now)
+            self._sweep(now)
+        yield state
 
     def _refill(self, state: _Tenant, now: float) -> None:
         if self.rate:
@@ -109,12 +152,6 @@ class TenantLimits:
                 retry_after=(1.0 - state.tokens) / self.rate,
             )
 
-    def release(self, tenant_id: str) -> None:
-        """One admitted call of ``tenant_id`` finished (however it ended)."""
-        state = self._tenants.get(tenant_id)
-        if state is not None and state.in_flight > 0:
-            state.in_flight -= 1
-
     def _refused(self, tenant_id: str, reason: str) -> None:
         if self._on_limited is not None:
             self._on_limited(tenant_id, reason)
@@ -130,3 +167,119 @@ class TenantLimits:
         ]
         for tenant in idle:
             del self._tenants[tenant]
+
+
+_EMPTY = bytes(16)
+"""The digest field of a slot no tenant holds."""
+
+
+class TableFull(Exception):  # noqa: N818 - a condition the caller handles
+    """The shared table has no slot left for another tenant."""
+
+
+class SharedTenantTable:
+    """Tenant limit state in a file every gateway process of the host maps.
+
+    One slot per tenant: its id's digest, its bucket (tokens, last refill)
+    and one in-flight count per gateway process; the concurrency cap counts
+    them all. Every read-modify-write holds an exclusive ``flock`` on the
+    file, two system calls. Slots are never freed (a few thousand tenants
+    fit), so a tenant's slot, once found, is remembered.
+    """
+
+    _HEAD = struct.Struct("<16sdd")
+    _BUCKET = struct.Struct("<dd")
+    _FLIGHT = struct.Struct(f"<{MAX_GATEWAYS}i")
+    SLOT_BYTES = _HEAD.size + _FLIGHT.size
+
+    def __init__(self, path: Path, *, gateway: int, slots: int = SHARED_SLOTS) -> None:
+        if not 0 <= gateway < MAX_GATEWAYS:
+            msg = f"gateway index {gateway} is outside 0..{MAX_GATEWAYS - 1}"
+            raise ValueError(msg)
+        self._gateway = gateway
+        self._slots = slots
+        self._found: dict[str, int] = {}
+        size = slots * self.SLOT_BYTES
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with self._locked():
+            if os.fstat(self._fd).st_size < size:
+                os.ftruncate(self._fd, size)
+            self._map = mmap.mmap(self._fd, size)
+            # This process may be a restart: the calls it had in flight died with it.
+            for slot in range(slots):
+                if self._digest_at(slot) != _EMPTY:
+                    self._set_own(slot, 0)
+
+    def close(self) -> None:
+        """Unmap the table and close the file."""
+        self._map.close()
+        os.close(self._fd)
+
+    @contextlib.contextmanager
+    def tenant(
+        self, tenant_id: str, now: float, burst: float, *, create: bool
+    ) -> Iterator[_Tenant | None]:
+        """Under the lock: the tenant's state, written back on exit (``None``: not in the table).
+
+        Raises ``TableFull`` when ``create`` finds no room for a new tenant.
+        """
+        with self._locked():
+            slot = self._slot(tenant_id, now, burst, create=create)
+            if slot is None:
+                yield None
+                return
+            offset = slot * self.SLOT_BYTES
+            _, tokens, refilled = self._HEAD.unpack_from(self._map, offset)
+            flights = self._FLIGHT.unpack_from(self._map, offset + self._HEAD.size)
+            total = sum(flights)
+            state = _Tenant(total, tokens, refilled)
+            try:
+                yield state
+            finally:
+                self._BUCKET.pack_into(self._map, offset + 16, state.tokens, state.refilled)
+                own = flights[self._gateway] + state.in_flight - total
+                self._set_own(slot, max(0, own))
+
+    def _slot(self, tenant_id: str, now: float, burst: float, *, create: bool) -> int | None:
+        slot = self._found.get(tenant_id)
+        if slot is not None:
+            return slot
+        digest = self._digest(tenant_id)
+        start = int.from_bytes(digest[:8], "little") % self._slots
+        for step in range(self._slots):
+            slot = (start + step) % self._slots
+            held = self._digest_at(slot)
+            if held == digest:
+                self._found[tenant_id] = slot
+                return slot
+            if held == _EMPTY:
+                if not create:
+                    return None
+                offset = slot * self.SLOT_BYTES
+                self._HEAD.pack_into(self._map, offset, digest, burst, now)
+                self._FLIGHT.pack_into(self._map, offset + self._HEAD.size, *([0] * MAX_GATEWAYS))
+                self._found[tenant_id] = slot
+                return slot
+        if create:
+            raise TableFull
+        return None
+
+    def _digest_at(self, slot: int) -> bytes:
+        offset = slot * self.SLOT_BYTES
+        return bytes(self._map[offset : offset + 16])
+
+    def _set_own(self, slot: int, count: int) -> None:
+        offset = slot * self.SLOT_BYTES + self._HEAD.size + 4 * self._gateway
+        struct.pack_into("<i", self._map, offset, count)
+
+    @staticmethod
+    def _digest(tenant_id: str) -> bytes:
+        return hashlib.blake2b(tenant_id.encode(), digest_size=16).digest()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)

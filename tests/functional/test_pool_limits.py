@@ -19,15 +19,22 @@ RATE = 20
 """Calls per second per tenant (and the burst: one second's worth)."""
 
 
-@pytest.fixture(scope="module")
-def limited(tmp_path_factory):
-    """A server with a per-tenant rate limit; tokens of the demo tenant and of tenant 'flood'."""
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-gateway", "two-gateways"])
+def limited(request, tmp_path_factory):
+    """A server with a per-tenant rate limit; tokens of the demo tenant and of tenant 'flood'.
+
+    Also with two gateway processes on the same ports: a tenant's calls spread
+    over both, and the limits must still hold for the host as a whole.
+    """
     data_dir = tmp_path_factory.mktemp("limits")
     env = server_env(
         data_dir,
         SEALSERVE_TENANT_RATE_LIMIT=str(RATE),
-        SEALSERVE_TENANT_MAX_CONCURRENCY="8",
+        # Above the 60 calls the tests send at once: the rate limit alone decides.
+        SEALSERVE_TENANT_MAX_CONCURRENCY="64",
         SEALSERVE_LOG_LEVEL="WARNING",
+        SEALSERVE_GATEWAYS=str(request.param),
+        SEALSERVE_WORKERS=str(request.param),
     )
     cli("init", "--demo", env=env)
     cli("tenants", "create", "flood", env=env)
@@ -57,7 +64,7 @@ def body() -> dict:
     }
 
 
-def test_flooding_tenant_gets_429_with_retry_after_and_others_do_not(limited) -> None:
+def test_flooding_tenant_gets_429_with_retry_after_and_others_do_not(limited, request) -> None:
     """Past its burst a tenant is refused with 429 + Retry-After; another tenant is served meanwhile."""
     server, tokens = limited
     url = f"{server.url}/v2/models/digits/infer"
@@ -76,7 +83,11 @@ def test_flooding_tenant_gets_429_with_retry_after_and_others_do_not(limited) ->
     flood, other = asyncio.run(scenario())
     codes = [reply.status_code for reply in flood]
     assert set(codes) == {200, 429}
-    assert codes.count(200) <= RATE + 1  # the burst, plus what refilled meanwhile
+    if request.node.callspec.params["limited"] == 2:
+        # Generated request ids start with the answering process's prefix: both answered.
+        assert len({reply.headers["x-request-id"][:12] for reply in flood}) == 2
+    # The burst, plus what refilled meanwhile: for the host, however many gateways took calls.
+    assert codes.count(200) <= RATE + 1
     refused = next(reply for reply in flood if reply.status_code == 429)
     assert refused.json()["code"] == "overloaded"
     assert int(refused.headers["Retry-After"]) >= 1

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import time
+from pathlib import Path
+
 import pytest
 
 from server.service.errors import Overloaded
-from server.service.limits import TenantLimits
+from server.service.limits import SharedTenantTable, TenantLimits
 
 
 class Clock:
@@ -101,3 +105,103 @@ def test_check_refuses_like_acquire_but_admits_nothing() -> None:
         limits.check("a")  # tokens again, but three calls already run
     assert limits.in_flight("a") == 3
     assert refused == [("a", "rate"), ("a", "concurrency")]
+
+
+def test_gateways_sharing_a_table_are_limited_as_one(tmp_path: Path) -> None:
+    """Two processes' limiters on one table: the bucket and the cap hold for their sum."""
+    clock = Clock()
+    path = tmp_path / "limits"
+    first, second = (
+        TenantLimits(
+            rate=10,
+            burst=4,
+            max_concurrency=3,
+            clock=clock,
+            shared=SharedTenantTable(path, gateway=index),
+        )
+        for index in (0, 1)
+    )
+    first.acquire("a")
+    second.acquire("a")
+    second.acquire("a")
+    assert first.in_flight("a") == second.in_flight("a") == 3
+    with pytest.raises(Overloaded):
+        first.check("a")  # three run: the cap, though this process runs only one
+    first.release("a")
+    second.acquire("a")  # the fourth token of the burst
+    second.release("a")
+    second.release("a")
+    with pytest.raises(Overloaded) as caught:
+        first.acquire("a")  # the bucket is empty for both
+    assert caught.value.retry_after == pytest.approx(0.1)
+    clock.now += 0.1
+    first.acquire("a")
+    first.acquire("b")  # another tenant has its own slot
+    assert (first.in_flight("a"), second.in_flight("b")) == (2, 1)
+
+
+def test_a_restarted_gateway_forgets_the_calls_it_had_in_flight(tmp_path: Path) -> None:
+    """A gateway that died mid-call does not keep counting against the tenant once back."""
+    path = tmp_path / "limits"
+    survivor = TenantLimits(max_concurrency=3, shared=SharedTenantTable(path, gateway=0))
+    crashed = TenantLimits(max_concurrency=3, shared=SharedTenantTable(path, gateway=1))
+    survivor.acquire("a")
+    crashed.acquire("a")
+    crashed.acquire("a")
+    with pytest.raises(Overloaded):
+        survivor.acquire("a")
+    restarted = TenantLimits(max_concurrency=3, shared=SharedTenantTable(path, gateway=1))
+    assert restarted.in_flight("a") == 1  # the survivor's call only
+    restarted.acquire("a")
+    survivor.acquire("a")
+
+
+def test_a_full_table_limits_new_tenants_per_process(tmp_path: Path) -> None:
+    """With every slot taken a new tenant is still limited, by this process alone."""
+    table = SharedTenantTable(tmp_path / "limits", gateway=0, slots=2)
+    limits = TenantLimits(max_concurrency=1, shared=table)
+    limits.acquire("a")
+    limits.acquire("b")
+    limits.acquire("c")
+    with pytest.raises(Overloaded):
+        limits.acquire("c")
+    limits.release("c")
+    limits.acquire("c")
+    other = TenantLimits(
+        max_concurrency=1, shared=SharedTenantTable(tmp_path / "limits", gateway=1, slots=2)
+    )
+    with pytest.raises(Overloaded):
+        other.acquire("a")  # the tenants in the table are still shared
+
+
+def _take_tokens(path: str, gateway: int, start: float) -> int:
+    """In its own process: from ``start`` (wall clock) for one second, take tokens; how many."""
+    limits = TenantLimits(
+        rate=0.001, burst=BUCKET, shared=SharedTenantTable(Path(path), gateway=gateway)
+    )
+    time.sleep(max(0.0, start - time.time()))
+    admitted = 0
+    while time.time() < start + 1.0:
+        try:
+            limits.acquire("tenant")
+        except Overloaded:
+            continue
+        limits.release("tenant")
+        admitted += 1
+    return admitted
+
+
+BUCKET = 20_000
+"""Tokens the racing processes share: enough for all three to be taking them at once."""
+
+
+def test_processes_racing_for_one_bucket_never_admit_more_than_it_holds(tmp_path: Path) -> None:
+    """Three real processes drain one bucket together and take exactly what it held."""
+    context = multiprocessing.get_context("spawn")
+    start = time.time() + 3.0  # after the three interpreters have started
+    with context.Pool(3) as pool:
+        admitted = pool.starmap(
+            _take_tokens, [(str(tmp_path / "limits"), gateway, start) for gateway in range(3)]
+        )
+    assert sum(admitted) == BUCKET
+    assert min(admitted) > 0, admitted  # they really raced
