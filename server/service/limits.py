@@ -76,6 +76,13 @@ class TenantLimits:
         self._shared = shared
         self._tenants: dict[str, _Tenant] = {}
         self._checks = 0
+        self._empty_until: dict[str, float] = {}
+        """Tenants whose bucket was found empty, and when its next token is due.
+
+        Until then a call is refused without looking at the bucket: nothing but
+        time refills it. A flood is then mostly refused without touching the
+        shared table or its lock.
+        """
 
     @property
     def enabled(self) -> bool:
@@ -90,10 +97,11 @@ class TenantLimits:
     def acquire(self, tenant_id: str) -> None:
         """Admit one call of ``tenant_id`` or raise ``Overloaded``; pair with ``release``."""
         now = self._clock()
+        self._refuse_while_empty(tenant_id, now)
         with self._state(tenant_id, now, create=True) as state:
             assert state is not None  # noqa: S101 - created on demand
             self._refill(state, now)
-            self._refuse_if_over(tenant_id, state)
+            self._refuse_if_over(tenant_id, state, now)
             if self.rate:
                 state.tokens -= 1.0
             state.in_flight += 1
@@ -105,10 +113,11 @@ class TenantLimits:
         so a tenant far over its limits costs the server as little as possible.
         """
         now = self._clock()
+        self._refuse_while_empty(tenant_id, now)
         with self._state(tenant_id, now, create=False) as state:
             if state is not None:
                 self._refill(state, now)
-                self._refuse_if_over(tenant_id, state)
+                self._refuse_if_over(tenant_id, state, now)
 
     def release(self, tenant_id: str) -> None:
         """One admitted call of ``tenant_id`` finished (however it ended)."""
@@ -138,7 +147,7 @@ class TenantLimits:
             state.tokens = min(self.burst, state.tokens + (now - state.refilled) * self.rate)
             state.refilled = now
 
-    def _refuse_if_over(self, tenant_id: str, state: _Tenant) -> None:
+    def _refuse_if_over(self, tenant_id: str, state: _Tenant, now: float) -> None:
         if self.max_concurrency and state.in_flight >= self.max_concurrency:
             self._refused(tenant_id, "concurrency")
             raise Overloaded(
@@ -146,11 +155,24 @@ class TenantLimits:
                 retry_after=1.0,
             )
         if self.rate and state.tokens < 1.0 - 1e-9:  # float noise must not refuse an exact refill
-            self._refused(tenant_id, "rate")
-            raise Overloaded(
-                "this tenant's inference rate limit is exceeded; retry later",
-                retry_after=(1.0 - state.tokens) / self.rate,
-            )
+            wait = (1.0 - state.tokens) / self.rate
+            if len(self._empty_until) >= _SWEEP_EVERY:
+                self._empty_until = {t: u for t, u in self._empty_until.items() if u > now}
+            self._empty_until[tenant_id] = now + wait
+            self._refuse_for_rate(tenant_id, wait)
+
+    def _refuse_while_empty(self, tenant_id: str, now: float) -> None:
+        until = self._empty_until.get(tenant_id)
+        if until is not None:
+            if now < until - 1e-9:  # the same float allowance as the bucket's own check
+                self._refuse_for_rate(tenant_id, until - now)
+            del self._empty_until[tenant_id]
+
+    def _refuse_for_rate(self, tenant_id: str, wait: float) -> None:
+        self._refused(tenant_id, "rate")
+        raise Overloaded(
+            "this tenant's inference rate limit is exceeded; retry later", retry_after=wait
+        )
 
     def _refused(self, tenant_id: str, reason: str) -> None:
         if self._on_limited is not None:
@@ -182,9 +204,11 @@ class SharedTenantTable:
 
     One slot per tenant: its id's digest, its bucket (tokens, last refill)
     and one in-flight count per gateway process; the concurrency cap counts
-    them all. Every read-modify-write holds an exclusive ``flock`` on the
-    file, two system calls. Slots are never freed (a few thousand tenants
-    fit), so a tenant's slot, once found, is remembered.
+    them all. Every read-modify-write holds an exclusive ``fcntl`` lock on
+    the tenant's slot only (two system calls), so tenants never wait for
+    each other; claiming a slot locks a byte past the table. Slots are never
+    freed (a few thousand tenants fit), so a tenant's slot, once found, is
+    remembered. Every process must use the same number of slots.
     """
 
     _HEAD = struct.Struct("<16sdd")
@@ -200,6 +224,8 @@ class SharedTenantTable:
         self._slots = slots
         self._found: dict[str, int] = {}
         size = slots * self.SLOT_BYTES
+        self._claim_offset = size
+        """A byte past the slots: its lock serialises finding and claiming slots."""
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         with self._locked():
             if os.fstat(self._fd).st_size < size:
@@ -223,12 +249,15 @@ class SharedTenantTable:
 
         Raises ``TableFull`` when ``create`` finds no room for a new tenant.
         """
-        with self._locked():
-            slot = self._slot(tenant_id, now, burst, create=create)
+        slot = self._found.get(tenant_id)
+        if slot is None:
+            with self._locked(self._claim_offset, 1):
+                slot = self._slot(tenant_id, now, burst, create=create)
             if slot is None:
                 yield None
                 return
-            offset = slot * self.SLOT_BYTES
+        offset = slot * self.SLOT_BYTES
+        with self._locked(offset, self.SLOT_BYTES):
             _, tokens, refilled = self._HEAD.unpack_from(self._map, offset)
             flights = self._FLIGHT.unpack_from(self._map, offset + self._HEAD.size)
             total = sum(flights)
@@ -241,9 +270,6 @@ class SharedTenantTable:
                 self._set_own(slot, max(0, own))
 
     def _slot(self, tenant_id: str, now: float, burst: float, *, create: bool) -> int | None:
-        slot = self._found.get(tenant_id)
-        if slot is not None:
-            return slot
         digest = self._digest(tenant_id)
         start = int.from_bytes(digest[:8], "little") % self._slots
         for step in range(self._slots):
@@ -277,9 +303,10 @@ class SharedTenantTable:
         return hashlib.blake2b(tenant_id.encode(), digest_size=16).digest()
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+    def _locked(self, start: int = 0, length: int = 0) -> Iterator[None]:
+        """An exclusive lock on bytes ``start`` to ``start + length`` (0: to the end, and past)."""
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, length, start)
         try:
             yield
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, length, start)

@@ -205,3 +205,23 @@ def test_processes_racing_for_one_bucket_never_admit_more_than_it_holds(tmp_path
         )
     assert sum(admitted) == BUCKET
     assert min(admitted) > 0, admitted  # they really raced
+
+
+def test_an_empty_bucket_refuses_until_its_next_token_with_a_shrinking_retry_after() -> None:
+    """After an empty-bucket refusal, later calls are refused until the token is due, then admitted."""
+    clock = Clock()
+    refused: list[tuple[str, str]] = []
+    limits = TenantLimits(
+        rate=4, burst=1, clock=clock, on_limited=lambda t, r: refused.append((t, r))
+    )
+    limits.acquire("a")
+    waits = []
+    for _ in range(3):
+        with pytest.raises(Overloaded) as caught:
+            limits.check("a")
+        waits.append(caught.value.retry_after)
+        clock.now += 0.1
+    assert waits == pytest.approx([0.25, 0.15, 0.05])
+    clock.now -= 0.05  # back to 0.25 s after the first call: the token is due just now
+    limits.acquire("a")
+    assert refused == [("a", "rate")] * 3
