@@ -3,17 +3,21 @@
 Inference calls and authentication failures happen at request rates, so they
 go through a bounded queue flushed at least every second in one transaction
 per batch. A full queue makes callers wait (backpressure): records are never
-dropped. Review (listing, export, verify) goes through the same service.
+dropped. Calls a tenant's own limits refused are counted rather than kept one
+by one (an ``inference.refused`` entry per tenant and flush, with a count per
+model, version, client and reason): a tenant flooding past its limit must not
+be able to grow the shared log, or the gateway's work, by a record per call.
+Review (listing, export, verify) goes through the same service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +34,9 @@ log = structlog.get_logger(__name__)
 FLUSH_SECONDS = 1.0
 MAX_BATCH = 500
 CALLS_PER_ENTRY = 500
+REFUSAL_KEYS = 1000
+"""Most distinct (tenant, model, version, client, reason) counts kept per flush; the
+rest are counted under model "*" (model names come from the caller)."""
 """Most call records in one chained entry: an entry is hashed as one JSON text while
 holding the interpreter lock, so big ones would stall the event loop for milliseconds."""
 
@@ -48,6 +55,17 @@ class CallRecord:
     request_id: str | None
 
 
+class RefusalKey(NamedTuple):
+    """What refused calls are counted by."""
+
+    tenant_id: str
+    model: str
+    version: str
+    subject: str | None
+    client_id: str | None
+    outcome: str
+
+
 class AuditRecorder:
     """Batches events into the audit log from the event loop.
 
@@ -63,6 +81,7 @@ class AuditRecorder:
         self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(maxsize=max_queue)
         # Calls arrive at request rates: a plain deque, taken whole by each flush.
         self._calls: deque[CallRecord] = deque()
+        self._refusals: Counter[RefusalKey] = Counter()
         self._max_calls = max_calls
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -78,6 +97,15 @@ class AuditRecorder:
             await self._room.wait()
         self._calls.append(call)
 
+    def count_refusal(self, call: CallRecord) -> None:
+        """Count one call the tenant's own limits refused (no record of its own)."""
+        key = RefusalKey(
+            call.tenant_id, call.model, call.version, call.subject, call.client_id, call.outcome
+        )
+        if key not in self._refusals and len(self._refusals) >= REFUSAL_KEYS:
+            key = key._replace(model="*", version="*")
+        self._refusals[key] += 1
+
     def start(self) -> None:
         """Start flushing in the background."""
         self._task = asyncio.create_task(self._run())
@@ -88,7 +116,7 @@ class AuditRecorder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while not self._queue.empty() or self._calls:
+        while not self._queue.empty() or self._calls or self._refusals:
             await self._flush()
 
     async def _run(self) -> None:
@@ -105,18 +133,21 @@ class AuditRecorder:
         # transaction a second rather than a stream of small ones.
         events = self._queue.qsize()
         calls, self._calls = self._calls, deque()
+        refusals, self._refusals = self._refusals, Counter()
         self._room.set()
-        while events > 0 or calls:
+        while events > 0 or calls or refusals:
             batch: list[AuditEvent] = []
             while len(batch) < min(events, MAX_BATCH):
                 batch.append(self._queue.get_nowait())
             events -= len(batch)
             # Records become entries in the thread, not on the event loop.
-            await run_in_threadpool(self._write, batch, calls)
-            calls = deque()
+            await run_in_threadpool(self._write, batch, calls, refusals)
+            calls, refusals = deque(), Counter()
 
-    def _write(self, events: list[AuditEvent], calls: deque[CallRecord]) -> None:
-        self._audit.record_many([*events, *_call_events(calls)])
+    def _write(
+        self, events: list[AuditEvent], calls: deque[CallRecord], refusals: Counter[RefusalKey]
+    ) -> None:
+        self._audit.record_many([*events, *_call_events(calls), *_refusal_events(refusals)])
 
 
 def _call_events(calls: deque[CallRecord]) -> list[AuditEvent]:
@@ -148,6 +179,33 @@ def _call_events(calls: deque[CallRecord]) -> list[AuditEvent]:
             records[start : start + CALLS_PER_ENTRY]
             for start in range(0, len(records), CALLS_PER_ENTRY)
         )
+    ]
+
+
+def _refusal_events(refusals: Counter[RefusalKey]) -> list[AuditEvent]:
+    """One entry per tenant: how many calls its limits refused, per model, client and reason."""
+    by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for key, count in refusals.items():
+        by_tenant[key.tenant_id].append(
+            {
+                "model": key.model,
+                "version": key.version,
+                "subject": key.subject,
+                "client_id": key.client_id,
+                "outcome": key.outcome,
+                "count": count,
+            }
+        )
+    return [
+        AuditEvent(
+            action="inference.refused",
+            resource=f"refused:{sum(entry['count'] for entry in counts)}",
+            tenant_id=tenant_id,
+            outcome="failure",
+            actor=Actor(subject="gateway"),
+            details={"refused": counts},
+        )
+        for tenant_id, counts in by_tenant.items()
     ]
 
 

@@ -38,6 +38,14 @@ class Overloaded(ServiceError):  # noqa: N818 - semantic name from the error tab
         self.retry_after = retry_after
 
 
+class TenantLimited(Overloaded):
+    """The tenant's own limit (``reason``: rate or concurrency) refused the call."""
+
+    def __init__(self, message: str, *, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.reason = reason
+
+
 class DeadlineExceeded(ServiceError):  # noqa: N818 - semantic name from the error table
     """The call did not finish in time."""
 

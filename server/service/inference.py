@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from server.service.audit import CallRecord
 from server.service.datatypes import element_count
-from server.service.errors import InvalidRequest, ModelNotReady, Overloaded, PayloadTooLarge
+from server.service.errors import (
+    InvalidRequest,
+    ModelNotReady,
+    PayloadTooLarge,
+    TenantLimited,
+)
 from server.service.types import InferRequest, InferResponse, ModelKey, Tensor
 from server.status import spec_for
 
@@ -127,8 +132,10 @@ class InferenceService:
             return
         try:
             limits.check(principal.tenant_id)
-        except Overloaded as exc:
-            await self._record(principal, model, ref or "default", spec_for(exc).public_code)
+        except TenantLimited as exc:
+            await self._record(
+                principal, model, ref or "default", spec_for(exc).public_code, refused=True
+            )
             raise
 
     async def infer(
@@ -142,12 +149,12 @@ class InferenceService:
         if self._recorder is None:
             return await self._infer(principal, model, ref, request)
         started = time.perf_counter()
-        outcome, version = "success", ref or "default"
+        outcome, version, refused = "success", ref or "default", False
         try:
             response = await self._infer(principal, model, ref, request)
             version = response.model_version
         except Exception as exc:
-            outcome = spec_for(exc).public_code
+            outcome, refused = spec_for(exc).public_code, isinstance(exc, TenantLimited)
             raise
         finally:
             await self._record(
@@ -157,6 +164,7 @@ class InferenceService:
                 outcome,
                 latency_ms=(time.perf_counter() - started) * 1000,
                 request_id=request.id,
+                refused=refused,
             )
         return response
 
@@ -169,22 +177,28 @@ class InferenceService:
         *,
         latency_ms: float = 0.0,
         request_id: str | None = None,
+        refused: bool = False,
     ) -> None:
-        """Queue one call's audit record (tenant principals only, when auditing is on)."""
+        """Queue one call's audit record (tenant principals only, when auditing is on).
+
+        A call the tenant's own limits ``refused`` is only counted.
+        """
         if self._recorder is None or principal.tenant_id is None:
             return
-        await self._recorder.submit_call(
-            CallRecord(
-                tenant_id=principal.tenant_id,
-                model=model,
-                version=version,
-                subject=principal.subject,
-                client_id=principal.client_id,
-                outcome=outcome,
-                latency_ms=latency_ms,
-                request_id=request_id,
-            )
+        record = CallRecord(
+            tenant_id=principal.tenant_id,
+            model=model,
+            version=version,
+            subject=principal.subject,
+            client_id=principal.client_id,
+            outcome=outcome,
+            latency_ms=latency_ms,
+            request_id=request_id,
         )
+        if refused:
+            self._recorder.count_refusal(record)
+        else:
+            await self._recorder.submit_call(record)
 
     async def _infer(
         self, principal: Principal, model: str, ref: str | None, request: InferRequest

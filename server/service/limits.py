@@ -3,7 +3,7 @@
 One tenant flooding the server must not starve the others, so each tenant
 gets its own concurrency cap and its own token bucket, checked before any
 work is queued for a worker. A call over either limit is refused at once
-with ``Overloaded`` (429 with ``Retry-After`` over REST, RESOURCE_EXHAUSTED
+with ``TenantLimited``, an ``Overloaded`` (429 with ``Retry-After`` over REST, RESOURCE_EXHAUSTED
 over gRPC) instead of waiting: a queue the flooding tenant could fill would
 delay everyone behind it.
 
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from server.service.errors import Overloaded
+from server.service.errors import TenantLimited
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -95,7 +95,7 @@ class TenantLimits:
             return 0 if state is None else state.in_flight
 
     def acquire(self, tenant_id: str) -> None:
-        """Admit one call of ``tenant_id`` or raise ``Overloaded``; pair with ``release``."""
+        """Admit one call of ``tenant_id`` or raise ``TenantLimited``; pair with ``release``."""
         now = self._clock()
         self._refuse_while_empty(tenant_id, now)
         with self._state(tenant_id, now, create=True) as state:
@@ -107,7 +107,7 @@ class TenantLimits:
             state.in_flight += 1
 
     def check(self, tenant_id: str) -> None:
-        """Raise ``Overloaded`` now if ``acquire`` would; admits nothing.
+        """Raise ``TenantLimited`` now if ``acquire`` would; admits nothing.
 
         Lets a transport refuse a call before reading and decoding its body,
         so a tenant far over its limits costs the server as little as possible.
@@ -150,8 +150,9 @@ class TenantLimits:
     def _refuse_if_over(self, tenant_id: str, state: _Tenant, now: float) -> None:
         if self.max_concurrency and state.in_flight >= self.max_concurrency:
             self._refused(tenant_id, "concurrency")
-            raise Overloaded(
+            raise TenantLimited(
                 "too many concurrent inference calls for this tenant; retry later",
+                reason="concurrency",
                 retry_after=1.0,
             )
         if self.rate and state.tokens < 1.0 - 1e-9:  # float noise must not refuse an exact refill
@@ -170,8 +171,10 @@ class TenantLimits:
 
     def _refuse_for_rate(self, tenant_id: str, wait: float) -> None:
         self._refused(tenant_id, "rate")
-        raise Overloaded(
-            "this tenant's inference rate limit is exceeded; retry later", retry_after=wait
+        raise TenantLimited(
+            "this tenant's inference rate limit is exceeded; retry later",
+            reason="rate",
+            retry_after=wait,
         )
 
     def _refused(self, tenant_id: str, reason: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from protos import inference_pb2, inference_pb2_grpc
 from tests.digits import DEMO_MODEL, digits_test_split
 from tests.functional.conftest import token_for
-from tests.servers import cli, server_env, start_server
+from tests.servers import cli, server_env, start_server, wait_for
 
 RATE = 20
 """Calls per second per tenant (and the burst: one second's worth)."""
@@ -52,6 +52,7 @@ def limited(request, tmp_path_factory):
             "demo": token_for(running.url, demo["client_id"], demo["client_secret"]),
             "flood": token_for(running.url, flood["client_id"], flood["client_secret"]),
         },
+        env,
     )
     running.stop()
 
@@ -65,8 +66,11 @@ def body() -> dict:
 
 
 def test_flooding_tenant_gets_429_with_retry_after_and_others_do_not(limited, request) -> None:
-    """Past its burst a tenant is refused with 429 + Retry-After; another tenant is served meanwhile."""
-    server, tokens = limited
+    """Past its burst a tenant is refused with 429 + Retry-After; another tenant is served meanwhile.
+
+    The refusals reach the audit log as counts, not a record each.
+    """
+    server, tokens, env = limited
     url = f"{server.url}/v2/models/digits/infer"
 
     async def scenario() -> tuple[list[httpx.Response], list[httpx.Response]]:
@@ -97,10 +101,26 @@ def test_flooding_tenant_gets_429_with_retry_after_and_others_do_not(limited, re
         'reason="concurrency"' in metrics
     )
 
+    def refusals_counted() -> int:
+        listed = cli(
+            "audit", "list", "--tenant", "flood", "--action", "inference.refused", "--json", env=env
+        ).stdout
+        return sum(
+            row["count"] for entry in json.loads(listed) for row in entry["details"]["refused"]
+        )
+
+    # Flushed within a second by each gateway process that refused some.
+    wait_for(lambda: refusals_counted() == codes.count(429), 10, "the refusals in the audit log")
+    listed = cli(
+        "audit", "list", "--tenant", "flood", "--action", "inference.calls", "--json", env=env
+    )
+    recorded = [c for entry in json.loads(listed.stdout) for c in entry["details"]["calls"]]
+    assert len(recorded) == codes.count(200)  # admitted calls keep a record each
+
 
 def test_limits_apply_over_grpc_as_resource_exhausted(limited) -> None:
     """The same limit refuses gRPC calls with RESOURCE_EXHAUSTED and the public code."""
-    server, tokens = limited
+    server, tokens, _ = limited
     x, _ = digits_test_split()
     request = inference_pb2.ModelInferRequest(model_name="digits")
     request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
@@ -128,7 +148,7 @@ def test_limits_apply_over_grpc_as_resource_exhausted(limited) -> None:
 
 def test_a_tenant_over_its_limit_is_refused_before_its_body_is_read(limited) -> None:
     """Once the bucket is empty even a malformed body gets 429, not 400: nothing was decoded."""
-    server, tokens = limited
+    server, tokens, _ = limited
     headers = {"Authorization": f"Bearer {tokens['flood']}"}
     url = f"{server.url}/v2/models/digits/infer"
     with httpx.Client(timeout=30) as http:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
-from server.service.audit import CALLS_PER_ENTRY, AuditRecorder, CallRecord
+from server.service.audit import CALLS_PER_ENTRY, REFUSAL_KEYS, AuditRecorder, CallRecord
 from storage import make_session_factory
 from storage.audit import AuditLog
 
@@ -83,3 +84,51 @@ def test_a_full_queue_makes_callers_wait_until_a_flush(engine, master_keys) -> N
         for call in entry["details"]["calls"]
     ]
     assert sorted(c["request_id"] for c in calls) == [f"tenant-c-{n}" for n in range(6)]
+
+
+def test_refusals_by_a_tenants_own_limits_are_counted_not_kept_one_by_one(
+    engine, master_keys
+) -> None:
+    """3,000 refused calls of one tenant make one entry of counts; admitted calls keep records."""
+    log = AuditLog(session_factory=make_session_factory(engine), master_keys=master_keys)
+
+    async def scenario() -> None:
+        recorder = AuditRecorder(log)
+        for n in range(3000):
+            refused = replace(_call("tenant-d", n), outcome="overloaded")
+            if n % 3 == 0:
+                refused = replace(refused, client_id="cl_other", subject="cl_other")
+            recorder.count_refusal(refused)
+        await recorder.submit_call(_call("tenant-d", 1))
+        await recorder.stop()
+
+    asyncio.run(scenario())
+    (entry,) = log.query(tenant_id="tenant-d", action="inference.refused", limit=10)
+    counts = {row["client_id"]: row["count"] for row in entry["details"]["refused"]}
+    assert counts == {"cl_app": 2000, "cl_other": 1000}
+    assert entry["resource"] == "refused:3000"
+    assert entry["outcome"] == "failure"
+    assert all(row["outcome"] == "overloaded" for row in entry["details"]["refused"])
+    (calls,) = log.query(tenant_id="tenant-d", action="inference.calls", limit=10)
+    assert [c["request_id"] for c in calls["details"]["calls"]] == ["tenant-d-1"]
+    assert log.verify().ok
+
+
+def test_refusal_counts_stay_bounded_whatever_model_names_a_caller_invents(
+    engine, master_keys
+) -> None:
+    """Past REFUSAL_KEYS distinct keys, further refusals are counted under model '*'."""
+    log = AuditLog(session_factory=make_session_factory(engine), master_keys=master_keys)
+
+    async def scenario() -> None:
+        recorder = AuditRecorder(log)
+        for n in range(REFUSAL_KEYS + 50):
+            recorder.count_refusal(replace(_call("tenant-e", n), model=f"m{n}"))
+        await recorder.stop()
+
+    asyncio.run(scenario())
+    (entry,) = log.query(tenant_id="tenant-e", action="inference.refused", limit=10)
+    rows = entry["details"]["refused"]
+    assert len(rows) <= REFUSAL_KEYS + 2  # one "*" row per outcome beyond the limit
+    assert sum(row["count"] for row in rows) == REFUSAL_KEYS + 50
+    assert sum(row["count"] for row in rows if row["model"] == "*") == 50
