@@ -66,6 +66,10 @@ ERROR_TABLE: dict[type[BaseException], ErrorSpec] = {
     service.Unavailable: ErrorSpec(HTTPStatus.SERVICE_UNAVAILABLE, "UNAVAILABLE", "unavailable"),
     service.WorkerCrashed: ErrorSpec(HTTPStatus.SERVICE_UNAVAILABLE, "UNAVAILABLE", "unavailable"),
     service.Overloaded: ErrorSpec(HTTPStatus.TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", "overloaded"),
+    # Refused by the tenant's own limit: to the client, the same answer as any overload.
+    service.TenantLimited: ErrorSpec(
+        HTTPStatus.TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", "overloaded"
+    ),
     service.DeadlineExceeded: ErrorSpec(HTTPStatus.GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED", "timeout"),
     service.ServiceError: INTERNAL,
     StartupError: INTERNAL,

@@ -98,11 +98,20 @@ def test_concurrent_calls_each_get_their_own_answer_out_of_order(socket_path: Pa
     """40 calls on one connection; the handler finishes them in reverse; each gets its own."""
     count = 40
     finished: list[str] = []
+    turns = [asyncio.Event() for _ in range(count)]
+    arrived = 0
 
     async def reverse(req: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+        # Once all have arrived, the last call sent answers first, then each the one before.
+        nonlocal arrived
         index = int(req.calls[0].request_id)
-        await asyncio.sleep(0.005 * (count - index))  # the first call sent answers last
+        arrived += 1
+        if arrived == count:
+            turns[-1].set()
+        await turns[index].wait()
         finished.append(req.calls[0].request_id)
+        if index:
+            turns[index - 1].set()
         return answer(req)
 
     async def scenario() -> tuple[list[str], int]:
@@ -120,9 +129,8 @@ def test_concurrent_calls_each_get_their_own_answer_out_of_order(socket_path: Pa
     names, connections = asyncio.run(scenario())
     assert names == [str(i) for i in range(count)]
     assert connections == 1
-    # The answers really did come back out of order (mostly reversed).
-    assert finished[0] == str(count - 1)
-    assert finished[-1] == "0"
+    # The answers really did come back in the reverse order.
+    assert finished == [str(i) for i in reversed(range(count))]
 
 
 def test_answer_now_serves_what_it_can_and_the_handler_the_rest(socket_path: Path) -> None:
