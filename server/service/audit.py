@@ -34,11 +34,11 @@ log = structlog.get_logger(__name__)
 FLUSH_SECONDS = 1.0
 MAX_BATCH = 500
 CALLS_PER_ENTRY = 500
+"""Most call records in one chained entry: an entry is hashed as one JSON text while
+holding the interpreter lock, so big ones would stall the event loop for milliseconds."""
 REFUSAL_KEYS = 1000
 """Most distinct (tenant, model, version, client, reason) counts kept per flush; the
 rest are counted under model "*" (model names come from the caller)."""
-"""Most call records in one chained entry: an entry is hashed as one JSON text while
-holding the interpreter lock, so big ones would stall the event loop for milliseconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ class RefusalKey(NamedTuple):
     version: str
     subject: str | None
     client_id: str | None
-    outcome: str
+    reason: str
 
 
 class AuditRecorder:
@@ -97,10 +97,10 @@ class AuditRecorder:
             await self._room.wait()
         self._calls.append(call)
 
-    def count_refusal(self, call: CallRecord) -> None:
-        """Count one call the tenant's own limits refused (no record of its own)."""
+    def count_refusal(self, call: CallRecord, reason: str) -> None:
+        """Count one call the tenant's own limit (``reason``) refused; no record of its own."""
         key = RefusalKey(
-            call.tenant_id, call.model, call.version, call.subject, call.client_id, call.outcome
+            call.tenant_id, call.model, call.version, call.subject, call.client_id, reason
         )
         if key not in self._refusals and len(self._refusals) >= REFUSAL_KEYS:
             key = key._replace(model="*", version="*")
@@ -192,7 +192,7 @@ def _refusal_events(refusals: Counter[RefusalKey]) -> list[AuditEvent]:
                 "version": key.version,
                 "subject": key.subject,
                 "client_id": key.client_id,
-                "outcome": key.outcome,
+                "reason": key.reason,
                 "count": count,
             }
         )

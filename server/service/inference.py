@@ -134,7 +134,7 @@ class InferenceService:
             limits.check(principal.tenant_id)
         except TenantLimited as exc:
             await self._record(
-                principal, model, ref or "default", spec_for(exc).public_code, refused=True
+                principal, model, ref or "default", spec_for(exc).public_code, limit=exc.reason
             )
             raise
 
@@ -149,12 +149,13 @@ class InferenceService:
         if self._recorder is None:
             return await self._infer(principal, model, ref, request)
         started = time.perf_counter()
-        outcome, version, refused = "success", ref or "default", False
+        outcome, version, limit = "success", ref or "default", None
         try:
             response = await self._infer(principal, model, ref, request)
             version = response.model_version
         except Exception as exc:
-            outcome, refused = spec_for(exc).public_code, isinstance(exc, TenantLimited)
+            outcome = spec_for(exc).public_code
+            limit = exc.reason if isinstance(exc, TenantLimited) else None
             raise
         finally:
             await self._record(
@@ -164,7 +165,7 @@ class InferenceService:
                 outcome,
                 latency_ms=(time.perf_counter() - started) * 1000,
                 request_id=request.id,
-                refused=refused,
+                limit=limit,
             )
         return response
 
@@ -177,11 +178,11 @@ class InferenceService:
         *,
         latency_ms: float = 0.0,
         request_id: str | None = None,
-        refused: bool = False,
+        limit: str | None = None,
     ) -> None:
         """Queue one call's audit record (tenant principals only, when auditing is on).
 
-        A call the tenant's own limits ``refused`` is only counted.
+        A call the tenant's own ``limit`` (rate or concurrency) refused is only counted.
         """
         if self._recorder is None or principal.tenant_id is None:
             return
@@ -195,8 +196,8 @@ class InferenceService:
             latency_ms=latency_ms,
             request_id=request_id,
         )
-        if refused:
-            self._recorder.count_refusal(record)
+        if limit is not None:
+            self._recorder.count_refusal(record, limit)
         else:
             await self._recorder.submit_call(record)
 

@@ -98,17 +98,23 @@ def test_refusals_by_a_tenants_own_limits_are_counted_not_kept_one_by_one(
             refused = replace(_call("tenant-d", n), outcome="overloaded")
             if n % 3 == 0:
                 refused = replace(refused, client_id="cl_other", subject="cl_other")
-            recorder.count_refusal(refused)
+            recorder.count_refusal(refused, "rate" if n % 2 else "concurrency")
         await recorder.submit_call(_call("tenant-d", 1))
         await recorder.stop()
 
     asyncio.run(scenario())
     (entry,) = log.query(tenant_id="tenant-d", action="inference.refused", limit=10)
-    counts = {row["client_id"]: row["count"] for row in entry["details"]["refused"]}
-    assert counts == {"cl_app": 2000, "cl_other": 1000}
+    counts = {
+        (row["client_id"], row["reason"]): row["count"] for row in entry["details"]["refused"]
+    }
+    assert counts == {
+        ("cl_app", "rate"): 1000,
+        ("cl_app", "concurrency"): 1000,
+        ("cl_other", "rate"): 500,
+        ("cl_other", "concurrency"): 500,
+    }
     assert entry["resource"] == "refused:3000"
     assert entry["outcome"] == "failure"
-    assert all(row["outcome"] == "overloaded" for row in entry["details"]["refused"])
     (calls,) = log.query(tenant_id="tenant-d", action="inference.calls", limit=10)
     assert [c["request_id"] for c in calls["details"]["calls"]] == ["tenant-d-1"]
     assert log.verify().ok
@@ -123,12 +129,12 @@ def test_refusal_counts_stay_bounded_whatever_model_names_a_caller_invents(
     async def scenario() -> None:
         recorder = AuditRecorder(log)
         for n in range(REFUSAL_KEYS + 50):
-            recorder.count_refusal(replace(_call("tenant-e", n), model=f"m{n}"))
+            recorder.count_refusal(replace(_call("tenant-e", n), model=f"m{n}"), "rate")
         await recorder.stop()
 
     asyncio.run(scenario())
     (entry,) = log.query(tenant_id="tenant-e", action="inference.refused", limit=10)
     rows = entry["details"]["refused"]
-    assert len(rows) <= REFUSAL_KEYS + 2  # one "*" row per outcome beyond the limit
+    assert len(rows) == REFUSAL_KEYS + 1  # the rest share one "*" row
     assert sum(row["count"] for row in rows) == REFUSAL_KEYS + 50
     assert sum(row["count"] for row in rows if row["model"] == "*") == 50
