@@ -188,6 +188,14 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
         answered = self.answer_now(request)
         if answered is not None:
             return answered
+        return await self.infer_queued(request)
+
+    async def infer_queued(self, request: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+        """Every call through its model's queue: ``infer`` once ``answer_now`` declined.
+
+        The frame server tries ``answer_now`` itself and hands what it declines
+        here, so a frame is never looked over twice.
+        """
         received = time.monotonic()
         if len(request.calls) == 1:
             results = [await self._call(request.calls[0], received)]
@@ -203,11 +211,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
         through the queues.
         """
         calls = request.calls
-        refused: dict[int, worker_pb2.InferResult] = {}
-        groups = self._ready_now(calls, refused)
+        results: dict[int, worker_pb2.InferResult] = {}
+        groups = self._ready_now(calls, results)
         if groups is None:
             return None
-        results = refused
         for batcher, positions in groups.values():
             runnable: list[int] = []
             work: list[tuple[list[Tensor], list[str]]] = []
@@ -229,7 +236,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
     ) -> dict[ModelKey, tuple[Batcher, list[int]]] | None:
         """Call positions by model when every model is loaded and ready now, else ``None``.
 
-        Calls naming no valid model are answered into ``refused``.
+        Calls naming no valid model are answered into ``refused`` (call position -> result).
         """
         groups: dict[ModelKey, tuple[Batcher, list[int]]] = {}
         for position, call in enumerate(calls):
@@ -256,9 +263,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
             return _failed(outcome)
         if isinstance(outcome, Exception):
             log.error("inference call failed", request_id=request_id or None, exc_info=outcome)
-            return worker_pb2.InferResult(
-                error=worker_pb2.CallError(code=INTERNAL, message=INTERNAL_MESSAGE)
-            )
+            return _internal()
         return worker_pb2.InferResult(outputs=[tensor_to_pb(tensor) for tensor in outcome])
 
     async def _call(self, call: worker_pb2.InferCall, received: float) -> worker_pb2.InferResult:
@@ -283,9 +288,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
             return _failed(exc)
         except Exception:  # whatever it was, the caller gets a generic answer; the log has it
             log.exception("inference call failed", request_id=call.request_id or None)
-            return worker_pb2.InferResult(
-                error=worker_pb2.CallError(code=INTERNAL, message=INTERNAL_MESSAGE)
-            )
+            return _internal()
         finally:
             self._in_flight -= 1
 
@@ -369,6 +372,13 @@ def _failed(error: CallFailed) -> worker_pb2.InferResult:
     return worker_pb2.InferResult(error=error.to_pb())
 
 
+def _internal() -> worker_pb2.InferResult:
+    """A call that failed unexpectedly: a generic answer (the log has the details)."""
+    return worker_pb2.InferResult(
+        error=worker_pb2.CallError(code=INTERNAL, message=INTERNAL_MESSAGE)
+    )
+
+
 def _loaded_pb(
     key: ModelKey, model: LoadedModel, batcher: Batcher | None = None
 ) -> worker_pb2.LoadedModel:
@@ -404,7 +414,7 @@ async def serve(address: str, settings: Settings, *, parent_lifeline: bool = Fal
     )
     service = WorkerService(cache=cache, batching=BatchPolicy.from_settings(settings))
     server = create_server(service, address)
-    frames = FrameServer(service.infer, answer_now=service.answer_now)
+    frames = FrameServer(service.infer_queued, answer_now=service.answer_now)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     grace = settings.shutdown_grace_seconds
