@@ -31,7 +31,7 @@ from server.demo.setup import DemoClient, ensure_demo, how_to_call
 from server.errors import StartupError
 from server.logs import configure_logging
 from server.service.errors import ServiceError
-from server.settings import ConfigFileError, Settings, load_settings
+from server.settings import ConfigFileError, Settings, is_host_port, load_settings
 from storage import StorageError
 
 if TYPE_CHECKING:
@@ -190,10 +190,51 @@ def serve(
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(run_gateway(container, services))
+    except StartupError as exc:
+        _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot start: {exc}")
     finally:
         container.close()
+
+
+@app.command()
+def worker(
+    listen: Annotated[
+        str, typer.Option(help="host:port to listen on, e.g. 0.0.0.0:8100 (TCP, mutual TLS).")
+    ],
+) -> None:
+    """Run one inference worker for gateways on other hosts until SIGTERM or Ctrl-C.
+
+    It reads sealed models from the registry (SEALSERVE_DATABASE_URL) and
+    unseals them with the master key, like a local worker, and accepts only
+    clients with a certificate from SEALSERVE_WORKER_TLS_CA. Gateways list it
+    in SEALSERVE_REMOTE_WORKERS.
+    """
+    from server.pool.remote import TlsFilesError, TlsMaterial  # noqa: PLC0415 - see serve()
+    from server.pool.worker import serve as serve_worker  # noqa: PLC0415 - see serve()
+
+    if not is_host_port(listen):
+        _fail(f"--listen {listen!r} is not host:port")
+    settings = _settings()
+    files = settings.worker_tls_files
+    if files is None:
+        _fail(
+            "a remote worker needs mutual TLS: set SEALSERVE_WORKER_TLS_CERT, "
+            "SEALSERVE_WORKER_TLS_KEY and SEALSERVE_WORKER_TLS_CA"
+        )
+    try:
+        tls = TlsMaterial.read(files)
+    except TlsFilesError as exc:
+        _fail(str(exc))
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve_worker(listen, settings, tls=tls, stop_on_interrupt=True))
+    except (StartupError, StorageError) as exc:
+        _fail(getattr(exc, "message", str(exc)))
+    except OSError as exc:
+        _fail(f"cannot start: {exc}")
 
 
 # --- db -----------------------------------------------------------------------

@@ -22,9 +22,11 @@ import structlog
 import uvicorn
 from starlette.concurrency import run_in_threadpool
 
+from server.errors import StartupError
 from server.grpc.server import GrpcGateway
 from server.metrics import Metrics
 from server.pool.pool import WorkerPool
+from server.pool.remote import TlsFilesError, TlsMaterial
 from server.replicas import Replicas, all_listening, mark_listening
 from server.rest.app import create_app
 from server.rest.fastpath import InferenceFastPath
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from server.bootstrap import Container, Services
+    from server.settings import Settings
 
 log = structlog.get_logger(__name__)
 SIGNING_KEY_RELOAD_SECONDS = 5.0
@@ -94,8 +97,14 @@ class Gateway:
         )
         self.pool = WorkerPool(
             settings,
-            workers=worker_share(settings.workers, settings.gateways, index),
+            workers=(
+                worker_share(settings.workers, settings.gateways, index)
+                if settings.workers or not settings.remote_workers
+                else 0
+            ),
             socket_dir=self.socket_dir,
+            remote=settings.remote_workers,
+            tls=_worker_tls(settings),
         )
         self.metrics.watch_pool(self.pool)
         self.replicas: Replicas | None = None
@@ -233,6 +242,17 @@ class Gateway:
     def stop(self) -> None:
         """Ask the gateway to shut down gracefully."""
         self.stopping.set()
+
+
+def _worker_tls(settings: Settings) -> TlsMaterial | None:
+    """The gateway's side of mutual TLS with remote workers, when it has any."""
+    files = settings.worker_tls_files
+    if not settings.remote_workers or files is None:
+        return None
+    try:
+        return TlsMaterial.read(files)
+    except TlsFilesError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def worker_share(workers: int, gateways: int, index: int) -> int:

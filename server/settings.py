@@ -18,6 +18,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from auth import TrustedIssuer
 
+MAX_PORT = 65535
+
+
+def is_host_port(address: str) -> bool:
+    """True for ``host:port`` with a port from 1 to 65535 (``[::1]:8100`` included)."""
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) <= MAX_PORT
+
 
 class Settings(BaseSettings):
     """Everything an operator can set, with the defaults ``make run`` uses."""
@@ -55,6 +63,24 @@ class Settings(BaseSettings):
     the kernel spreads connections over them. Each runs its share of the
     workers; ``/metrics`` on any of them reports all of them.
     """
+
+    remote_workers: list[str] = Field(default_factory=list)
+    """``host:port`` of workers on other hosts (``sealserve worker``), as JSON in the env.
+
+    Every gateway process sends calls to each of them as well as to its own
+    local workers, over gRPC with mutual TLS (the three ``worker_tls_*``
+    files). With ``workers=0`` a gateway runs no local worker at all.
+    """
+
+    worker_tls_cert: Path | None = None
+    """PEM certificate this side presents: the gateway's client certificate, or a
+    ``sealserve worker``'s server certificate."""
+
+    worker_tls_key: Path | None = None
+    """PEM private key of ``worker_tls_cert``."""
+
+    worker_tls_ca: Path | None = None
+    """PEM CA certificate(s) the other side's certificate must chain to."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
@@ -158,6 +184,27 @@ class Settings(BaseSettings):
             msg = "SEALSERVE_DATABASE_URL must be set in production"
             raise ValueError(msg)
         return self
+
+    @model_validator(mode="after")
+    def _remote_workers_need_mutual_tls(self) -> Settings:
+        for address in self.remote_workers:
+            if not is_host_port(address):
+                msg = f"remote worker address {address!r} is not host:port"
+                raise ValueError(msg)
+        if self.remote_workers and not self.worker_tls_files:
+            msg = (
+                "remote workers need mutual TLS: set SEALSERVE_WORKER_TLS_CERT, "
+                "SEALSERVE_WORKER_TLS_KEY and SEALSERVE_WORKER_TLS_CA"
+            )
+            raise ValueError(msg)
+        return self
+
+    @property
+    def worker_tls_files(self) -> tuple[Path, Path, Path] | None:
+        """(certificate, key, CA) when all three are set, else None."""
+        if self.worker_tls_cert and self.worker_tls_key and self.worker_tls_ca:
+            return self.worker_tls_cert, self.worker_tls_key, self.worker_tls_ca
+        return None
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,9 +1,12 @@
-"""``WorkerPool``: the gateway's local inference workers, spawned, supervised and dispatched to.
+"""``WorkerPool``: the gateway's inference workers, supervised and dispatched to.
 
-One process per slot (``server.pool.process``), one reused ``grpc.aio``
-channel to each for control, and one framed connection for inference
-(``server.pool.frames``). A call goes to the worker the ``Balancer`` picks, through
-that worker's ``Coalescer`` (``server.pool.dispatcher``), which shares one
+Local workers are spawned here, one process per slot
+(``server.pool.process``); remote ones (``server.pool.remote``) run on other
+hosts and are only connected to. One reused ``grpc.aio`` channel to each
+for control, and for a local worker one framed connection for inference
+(``server.pool.frames``; a remote one takes calls over gRPC). A call goes to
+the worker the ``Balancer`` picks, through that worker's ``Coalescer``
+(``server.pool.dispatcher``), which shares one
 ``Infer`` RPC among the calls that arrive together. If that worker dies
 under it (the RPC fails ``UNAVAILABLE``, or the call was still waiting), the
 call is sent once more to another worker (or to the restarted one, when
@@ -41,9 +44,9 @@ from server.pool.errors import (
     rpc_service_error,
     service_error,
 )
-from server.pool.frames import frames_path
 from server.pool.messages import key_to_pb, tensor_from_pb, tensor_to_pb
 from server.pool.process import WorkerProcess, WorkerStartError, settings_for_worker
+from server.pool.remote import RemoteWorker
 from server.pool.status import WorkerState, WorkerStatus, status_from_reply
 from server.service.errors import (
     DeadlineExceeded,
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
+    from server.pool.remote import TlsMaterial
     from server.service.types import ModelKey, Tensor
     from server.settings import Settings
 
@@ -76,12 +80,16 @@ STATUS_INTERVAL = 1.0
 """How often each worker's ``Status`` is read (placement and metrics)."""
 STOP_TIMEOUT = 5.0
 """How long a worker gets to exit after SIGTERM before it is killed."""
+REMOTE_READY_TIMEOUT = 10.0
+"""How long a (re)connect to a remote worker waits for its ``Ping`` before backing off."""
 
 
 class _Slot:
     """A worker process plus what the pool tracks to dispatch to it."""
 
-    def __init__(self, process: WorkerProcess, coalescer: Callable[[_Slot], Coalescer]) -> None:
+    def __init__(
+        self, process: WorkerProcess | RemoteWorker, coalescer: Callable[[_Slot], Coalescer]
+    ) -> None:
         self.process = process
         self.state = WorkerState.STARTING
         self.in_flight = 0
@@ -105,7 +113,7 @@ class _Slot:
 
 
 class WorkerPool:
-    """N local workers on Unix sockets in a private directory."""
+    """N local workers on Unix sockets in a private directory, plus any remote ones."""
 
     def __init__(
         self,
@@ -113,11 +121,16 @@ class WorkerPool:
         *,
         workers: int,
         socket_dir: Path,
+        remote: Sequence[str] = (),
+        tls: TlsMaterial | None = None,
         balancer: Balancer | None = None,
         ready_timeout: float = 60.0,
     ) -> None:
-        if workers < 1:
+        if workers + len(remote) < 1:
             msg = "a worker pool needs at least one worker"
+            raise ValueError(msg)
+        if remote and tls is None:
+            msg = "remote workers need the gateway's TLS material"
             raise ValueError(msg)
         self._settings = settings
         self._socket_dir = socket_dir
@@ -132,7 +145,7 @@ class WorkerPool:
 
         def coalescer(slot: _Slot) -> Coalescer:
             return Coalescer(
-                lambda: slot.process.frames if slot.state is WorkerState.LIVE else None,
+                lambda: slot.process.inference if slot.state is WorkerState.LIVE else None,
                 max_rpcs=settings.pool_rpcs_per_worker,
                 max_calls=settings.pool_coalesce_max_calls,
                 max_delay=settings.pool_coalesce_delay_ms / 1000,
@@ -144,6 +157,11 @@ class WorkerPool:
             _Slot(WorkerProcess(index=i, socket_path=socket_dir / f"worker-{i}.sock"), coalescer)
             for i in range(workers)
         ]
+        if tls is not None:
+            self._slots += [
+                _Slot(RemoteWorker(index=workers + i, address=address, tls=tls), coalescer)
+                for i, address in enumerate(remote)
+            ]
         self._settings_line = b""
         self._started = self._closing = False
         self._calls = 0
@@ -153,16 +171,20 @@ class WorkerPool:
 
     # --- life cycle ----------------------------------------------------------
     async def start(self) -> None:
-        """Spawn every worker and return once each answers ``Ping``.
+        """Spawn every local worker and return once each answers ``Ping``.
 
         Raises ``StartupError`` (after stopping the others) if one does not.
+        Remote workers are connected to in the background: one that cannot
+        be reached does not hold up the gateway, and calls wait (within
+        their timeout) for a worker to come up.
         """
         _private_directory(self._socket_dir)
         self._settings_line = settings_for_worker(self._settings)
-        for slot in self._slots:
+        local = [slot for slot in self._slots if isinstance(slot.process, WorkerProcess)]
+        for slot in local:
             slot.process.spawn(self._settings_line)
         results = await asyncio.gather(
-            *(slot.process.wait_ready(self._ready_timeout) for slot in self._slots),
+            *(slot.process.wait_ready(self._ready_timeout) for slot in local),
             return_exceptions=True,
         )
         failures = [result for result in results if isinstance(result, BaseException)]
@@ -172,7 +194,10 @@ class WorkerPool:
             raise StartupError(f"inference workers did not start: {failures[0]}") from failures[0]
         now = asyncio.get_running_loop().time()
         for slot in self._slots:
-            slot.state, slot.live_since = WorkerState.LIVE, now
+            if slot in local:
+                slot.state, slot.live_since = WorkerState.LIVE, now
+            else:
+                slot.task = asyncio.create_task(self._restart(slot, first=True))
         self._started = True
         self._tasks = [
             asyncio.create_task(self._watch()),
@@ -209,8 +234,6 @@ class WorkerPool:
                 slot.process.kill()
                 await slot.process.wait_exit(STOP_TIMEOUT)
             await slot.process.close()
-            slot.process.socket_path.unlink(missing_ok=True)
-            frames_path(slot.process.socket_path).unlink(missing_ok=True)
 
     # --- calls ---------------------------------------------------------------
     async def infer(
@@ -356,7 +379,7 @@ class WorkerPool:
     def _suspect(self, slot: _Slot) -> None:
         """A call failed as if the worker died: if it did, act now rather than at the next poll."""
         if slot.state is WorkerState.LIVE and slot.process.exited():
-            self._mark_dead(slot, "exited")
+            self._mark_dead(slot, slot.process.gone)
 
     def _mark_dead(self, slot: _Slot, reason: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -372,6 +395,7 @@ class WorkerPool:
         log.warning(
             "inference worker died",
             worker=slot.process.index,
+            address=slot.process.address,
             reason=reason,
             exit_code=code,
             restart_in=round(delay, 2),
@@ -383,19 +407,20 @@ class WorkerPool:
             await asyncio.sleep(WATCH_INTERVAL)
             for slot in self._slots:
                 if slot.state is WorkerState.LIVE and slot.process.exited():
-                    self._mark_dead(slot, "exited")
+                    self._mark_dead(slot, slot.process.gone)
                 if slot.state is WorkerState.DEAD and loop.time() >= slot.restart_at:
                     slot.state = WorkerState.STARTING
                     slot.task = asyncio.create_task(self._restart(slot))
 
-    async def _restart(self, slot: _Slot) -> None:
+    async def _restart(self, slot: _Slot, *, first: bool = False) -> None:
+        """Start (or for a remote worker, connect) again; ``first``: the first connect."""
         process = slot.process
         process.kill()  # in case it was declared dead while still running (hung)
         await process.wait_exit(STOP_TIMEOUT)
         await process.close()
         try:
             process.spawn(self._settings_line)
-            await process.wait_ready(self._ready_timeout)
+            await process.wait_ready(self._ready_timeout_of(slot))
         except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any failure
             process.kill()
             self._mark_dead(slot, str(exc) if isinstance(exc, WorkerStartError) else repr(exc))
@@ -405,9 +430,25 @@ class WorkerPool:
             asyncio.get_running_loop().time(),
             0,
         )
+        if first:
+            log.info(
+                "remote inference worker connected", worker=process.index, address=process.address
+            )
+            self._notify()
+            return
         slot.restarts += 1
-        log.info("inference worker restarted", worker=process.index, pid=process.pid)
+        log.info(
+            "inference worker restarted",
+            worker=process.index,
+            pid=process.pid,
+            address=process.address,
+        )
         self._notify()
+
+    def _ready_timeout_of(self, slot: _Slot) -> float:
+        if isinstance(slot.process, RemoteWorker):
+            return min(self._ready_timeout, REMOTE_READY_TIMEOUT)
+        return self._ready_timeout
 
     async def _liveness(self) -> None:
         while True:
@@ -429,6 +470,7 @@ class WorkerPool:
         if reply.instance_id != slot.process.instance_id:
             slot.models.clear()  # the worker restarted behind our back: it holds nothing
             slot.process.instance_id = reply.instance_id
+            self._notify()  # a call that failed on the old instance may use this one
 
     # --- status ----------------------------------------------------------------
     async def status(self) -> list[WorkerStatus]:

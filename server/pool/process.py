@@ -84,6 +84,16 @@ class WorkerProcess:
         self.instance_id: str | None = None
         self.started_at = 0.0
 
+    address = None
+    """Local workers are known by index alone (a remote one by ``host:port``)."""
+    gone = "exited"
+    """Why the pool marks it dead when ``exited()``."""
+
+    @property
+    def inference(self) -> FrameChannel | None:
+        """What calls go through: the framed connection."""
+        return self.frames
+
     @property
     def pid(self) -> int | None:
         """The process id while a process exists."""
@@ -165,7 +175,7 @@ class WorkerProcess:
         return True
 
     async def close(self) -> None:
-        """Close the channel and the lifeline; the process must already be gone or going."""
+        """Close the channel, the lifeline and the sockets; the process must be gone or going."""
         channel, self.channel, self.stub = self.channel, None, None
         frames, self.frames = self.frames, None
         if frames is not None:
@@ -175,3 +185,5 @@ class WorkerProcess:
         if self.process is not None and self.process.stdin is not None:
             with contextlib.suppress(OSError):
                 self.process.stdin.close()
+        self.socket_path.unlink(missing_ok=True)
+        frames_path(self.socket_path).unlink(missing_ok=True)

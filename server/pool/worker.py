@@ -1,7 +1,8 @@
 """The inference worker process: a ``Worker`` gRPC service over LiteRT.
 
 ``sealserve serve`` spawns one per CPU on Unix sockets (``server.pool.pool``);
-``sealserve worker`` will run the same code on another host. The worker reads
+``sealserve worker`` runs the same code on another host, on TCP with mutual
+TLS (``server.pool.remote``). The worker reads
 sealed models from the registry itself, so plaintext model bytes never cross
 a socket.
 
@@ -59,6 +60,7 @@ from server.service.errors import InvalidRequest
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from server.pool.remote import TlsMaterial
     from server.pool.runtime import LoadedModel
     from server.service.types import ModelKey, Tensor
     from server.settings import Settings
@@ -391,18 +393,44 @@ def _loaded_pb(
     )
 
 
-def create_server(service: WorkerService, address: str) -> grpc.aio.Server:
-    """A ``grpc.aio`` server with ``service`` bound to ``address`` (``unix:PATH`` or host:port)."""
+def create_server(
+    service: WorkerService, address: str, credentials: grpc.ServerCredentials | None = None
+) -> grpc.aio.Server:
+    """A ``grpc.aio`` server with ``service`` bound to ``address`` (``unix:PATH`` or host:port).
+
+    With ``credentials`` the port speaks TLS; without, it must be a Unix socket.
+    """
     server = grpc.aio.server(options=GRPC_OPTIONS)
     worker_pb2_grpc.add_WorkerServicer_to_server(service, server)
-    if server.add_insecure_port(address) == 0:
+    if credentials is None and not address.startswith("unix:"):
+        msg = f"a worker listens on TCP ({address}) only with TLS"
+        raise ValueError(msg)
+    port = (
+        server.add_insecure_port(address)
+        if credentials is None
+        else server.add_secure_port(address, credentials)
+    )
+    if port == 0:
         msg = f"cannot listen on {address}"
         raise OSError(msg)
     return server
 
 
-async def serve(address: str, settings: Settings, *, parent_lifeline: bool = False) -> None:
-    """Serve until SIGTERM (or, with ``parent_lifeline``, until stdin closes)."""
+async def serve(
+    address: str,
+    settings: Settings,
+    *,
+    parent_lifeline: bool = False,
+    tls: TlsMaterial | None = None,
+    stop_on_interrupt: bool = False,
+) -> None:
+    """Serve until SIGTERM (or, with ``parent_lifeline``, until stdin closes).
+
+    ``address`` is ``unix:PATH`` for a local worker (gRPC plus the framed
+    connection beside it), or ``host:port`` with ``tls`` for a remote one
+    (gRPC only, clients must present a certificate from ``tls.ca``).
+    ``stop_on_interrupt``: SIGINT drains too (a worker run on its own, not by a pool).
+    """
     from server.bootstrap import build_container  # noqa: PLC0415 - keeps `import` of this module light
 
     container = build_container(settings)
@@ -413,8 +441,10 @@ async def serve(address: str, settings: Settings, *, parent_lifeline: bool = Fal
         budget_bytes=settings.worker_memory_budget_mb * 1024 * 1024,
     )
     service = WorkerService(cache=cache, batching=BatchPolicy.from_settings(settings))
-    server = create_server(service, address)
-    frames = FrameServer(service.infer_queued, answer_now=service.answer_now)
+    server = create_server(service, address, None if tls is None else tls.server_credentials())
+    frames = (
+        FrameServer(service.infer_queued, answer_now=service.answer_now) if tls is None else None
+    )
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     grace = settings.shutdown_grace_seconds
@@ -428,13 +458,18 @@ async def serve(address: str, settings: Settings, *, parent_lifeline: bool = Fal
     loop.add_signal_handler(signal.SIGTERM, stop)
     if parent_lifeline:
         await loop.connect_read_pipe(lambda: _Lifeline(lambda: stop(orphaned=True)), sys.stdin)
-    await frames.start(frames_path(address))  # before Ping answers: ready means both
+    if stop_on_interrupt:
+        loop.add_signal_handler(signal.SIGINT, stop)
+    if frames is not None:
+        await frames.start(frames_path(address))  # before Ping answers: ready means both
     await server.start()
     log.info("worker listening", address=address, pid=os.getpid(), instance_id=service.instance_id)
     await stopping.wait()
     service.draining = True
     log.info("worker stopping", grace_seconds=grace)
-    await asyncio.gather(server.stop(grace), frames.stop(grace))
+    await asyncio.gather(
+        server.stop(grace), frames.stop(grace) if frames is not None else asyncio.sleep(0)
+    )
     service.close()
     container.close()
 

@@ -76,3 +76,28 @@ def test_production_requires_database_url(monkeypatch) -> None:
     monkeypatch.delenv("SEALSERVE_DATABASE_URL", raising=False)
     with pytest.raises(ValidationError, match="SEALSERVE_DATABASE_URL"):
         load_settings(env="production")
+
+
+def test_remote_workers_come_from_json_and_need_all_three_tls_files(monkeypatch, tmp_path) -> None:
+    """SEALSERVE_REMOTE_WORKERS is a JSON list; without cert, key and CA it is refused."""
+    monkeypatch.setenv("SEALSERVE_REMOTE_WORKERS", '["10.0.0.5:8100", "[::1]:8101"]')
+    with pytest.raises(ValidationError, match="remote workers need mutual TLS"):
+        load_settings(worker_tls_cert=tmp_path / "c.pem", worker_tls_key=tmp_path / "k.pem")
+    files = {name: tmp_path / f"{name}.pem" for name in ("cert", "key", "ca")}
+    settings = load_settings(**{f"worker_tls_{name}": path for name, path in files.items()})
+    assert settings.remote_workers == ["10.0.0.5:8100", "[::1]:8101"]
+    assert settings.worker_tls_files == (files["cert"], files["key"], files["ca"])
+
+
+@pytest.mark.parametrize("address", ["worker-host", ":8100", "host:", "host:port", "host:70000"])
+def test_a_remote_worker_address_must_be_host_and_port(address: str, tmp_path) -> None:
+    """The error names the address that is not host:port."""
+    with pytest.raises(
+        ValidationError, match=f"remote worker address '{address}' is not host:port"
+    ):
+        load_settings(
+            remote_workers=[address],
+            worker_tls_cert=tmp_path / "c",
+            worker_tls_key=tmp_path / "k",
+            worker_tls_ca=tmp_path / "a",
+        )
