@@ -30,6 +30,7 @@ from server.pool.remote import TlsFilesError, TlsMaterial
 from server.replicas import Replicas, all_listening, mark_listening
 from server.rest.app import create_app
 from server.rest.fastpath import InferenceFastPath
+from server.rest.protocol import CorkedHttpToolsProtocol
 from server.service.health import HealthService
 from server.service.inference import InferenceService
 from server.service.limits import SharedTenantTable, TenantLimits
@@ -158,6 +159,7 @@ class Gateway:
             log_config=None,
             access_log=False,
             lifespan="off",
+            http=CorkedHttpToolsProtocol,
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         )
         self.http = _UvicornServer(config)

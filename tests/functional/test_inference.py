@@ -227,3 +227,33 @@ def test_inference_calls_reach_the_audit_log(stack) -> None:
     assert any(c["outcome"] == "invalid_request" for c in calls)
     assert all(c["version"] in ("1", "default") and c["latency_ms"] >= 0 for c in calls)
     assert {e["tenant_id"] for e in entries} == {entries[0]["tenant_id"]}  # only tenant 'other'
+
+
+def _write_calls(pid: int) -> int:
+    """How many write system calls the process has made (``syscw`` in /proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscw:"):
+            return int(line.split()[1])
+    raise AssertionError("no syscw in /proc/PID/io")
+
+
+def test_each_rest_answer_leaves_in_one_write(stack) -> None:
+    """Head and body of a response go to the socket together, not as two writes.
+
+    Per sequential call the gateway writes the answer and one frame to its
+    worker; uvicorn on its own adds a second write for the body.
+    """
+    server, _, tokens = stack
+    x, _ = digits_test_split()
+    body = {
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x[0].tolist()}]
+    }
+    calls = 300
+    with httpx.Client(base_url=server.url, headers=_auth(tokens)) as client:
+        client.post("/v2/models/digits/infer", json=body).raise_for_status()  # warm
+        before = _write_calls(server.process.pid)
+        for _ in range(calls):
+            client.post("/v2/models/digits/infer", json=body).raise_for_status()
+        writes = _write_calls(server.process.pid) - before
+    # 2 per call, plus the audit log's few database writes per flush.
+    assert writes / calls < 2.5, f"{writes} writes for {calls} calls"

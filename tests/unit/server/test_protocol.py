@@ -1,0 +1,209 @@
+"""The corked HTTP protocol: one send per response, and HTTP/1.1 exactly as uvicorn speaks it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import uvicorn
+import uvloop
+
+from server.rest.protocol import CorkedHttpToolsProtocol, CorkedTransport
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+
+class _Collect(asyncio.Protocol):
+    """The peer: every chunk it receives, and whether it saw EOF."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        del exc
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+@contextlib.asynccontextmanager
+async def _pair() -> AsyncIterator[tuple[CorkedTransport, _Collect]]:
+    """A corked transport over a real socket pair, and the protocol reading the other end."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    peer = _Collect()
+    peer_transport, _ = await loop.connect_accepted_socket(lambda: peer, theirs)
+    try:
+        yield CorkedTransport(transport, loop), peer  # type: ignore[arg-type]
+    finally:
+        transport.close()
+        peer_transport.close()
+
+
+async def _turns(count: int = 5) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Run a coroutine on the standard loop and on uvloop (what the gateway uses)."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def runner(coroutine: Any) -> Any:
+        with asyncio.Runner(loop_factory=factory) as loop_runner:
+            return loop_runner.run(coroutine)
+
+    return runner
+
+
+def test_writes_in_one_turn_leave_together_at_its_end(run) -> None:
+    """Nothing is sent during the turn; then everything, in order, in one piece."""
+
+    async def scenario() -> None:
+        async with _pair() as (corked, peer):
+            corked.write(b"HTTP/1.1 200 OK\r\n")
+            corked.write(bytearray(b"content-length: 2\r\n\r\n"))
+            corked.writelines([b"o", b"k"])
+            assert corked.get_write_buffer_size() == 17 + 21 + 2
+            await asyncio.sleep(0.05)  # the turn ended long ago: the peer has it
+            assert peer.chunks == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+            assert corked.get_write_buffer_size() == 0
+            corked.write(b"next")
+            await asyncio.sleep(0.05)
+            assert peer.chunks[-1] == b"next"
+
+    run(scenario())
+
+
+def test_close_sends_what_is_held_and_abort_drops_it(run) -> None:
+    """``close`` flushes before closing; ``abort`` discards; a late flush sends nothing."""
+
+    async def scenario() -> None:
+        async with _pair() as (corked, peer):
+            corked.write(b"last words")
+            corked.close()
+            await asyncio.wait_for(peer.closed, 5)
+            assert b"".join(peer.chunks) == b"last words"
+            assert corked.is_closing()
+        async with _pair() as (corked, peer):
+            corked.write(b"never sent")
+            corked.abort()
+            await asyncio.wait_for(peer.closed, 5)
+            await _turns()
+            assert peer.chunks == []
+
+    run(scenario())
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Echo the body (or ``size`` bytes of ``x`` for GET /big?size=N), as two ASGI messages."""
+    assert scope["type"] == "http"
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"] == "/big":
+        body = b"x" * int(scope["query_string"].split(b"=")[1])
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.asynccontextmanager
+async def _server() -> AsyncIterator[int]:
+    """uvicorn with the corked protocol on a loopback port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        _app, http=CorkedHttpToolsProtocol, log_config=None, lifespan="off", access_log=False
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+        await asyncio.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _exchange(port: int, data: bytes, *, until: bytes, limit: float = 5) -> bytes:
+    """Send ``data`` on a new connection and read until ``until`` appears ``count`` times."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    received = b""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(limit):
+            while until not in received:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                received += chunk
+    writer.close()
+    return received
+
+
+def test_http_through_the_corked_protocol(run) -> None:
+    """Pipelining, 100-continue, connection close and a large body all work as in uvicorn."""
+
+    async def scenario() -> None:
+        async with _server() as port:
+            # Two requests in one packet: two answers, in order.
+            pipelined = await _exchange(
+                port,
+                b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nfirst"
+                b"POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 6\r\n\r\nsecond",
+                until=b"second",
+            )
+            assert pipelined.count(b"HTTP/1.1 200 OK") == 2
+            assert pipelined.index(b"first") < pipelined.index(b"second")
+
+            # Expect: 100-continue is answered before the body is sent.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /c HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n"
+            )
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim.startswith(b"HTTP/1.1 100 Continue")
+            writer.write(b"body")
+            final = await asyncio.wait_for(reader.readuntil(b"body"), 5)
+            assert final.startswith(b"HTTP/1.1 200 OK")
+            writer.close()
+
+            # Connection: close: the answer, then the server closes.
+            closing = await _exchange(
+                port, b"GET /d HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", until=b"\0"
+            )
+            assert closing.startswith(b"HTTP/1.1 200 OK")
+            assert b"connection: close" in closing.lower()
+
+            # A body far larger than a socket buffer arrives whole.
+            size = 4 * 1024 * 1024
+            big = await _exchange(
+                port,
+                f"GET /big?size={size} HTTP/1.1\r\nhost: x\r\n\r\n".encode(),
+                until=b"\0",
+                limit=3,
+            )
+            head, _, body = big.partition(b"\r\n\r\n")
+            assert f"content-length: {size}".encode() in head
+            assert body == b"x" * size
+
+    run(scenario())
