@@ -243,25 +243,53 @@ class JobStore:
         ``error`` is the public reason of a failure; the audit entry records
         the outcome and the version made, if any.
         """
+        with unit_of_work(self._sessions, write=True) as session:
+            return self.finish_in(
+                session,
+                job_id,
+                state=state,
+                error=error,
+                version_id=version_id,
+                version=version,
+                details=details,
+            )
+
+    def finish_in(
+        self,
+        session: Session,
+        job_id: str,
+        *,
+        state: str,
+        error: str | None = None,
+        version_id: str | None = None,
+        version: int | None = None,
+        details: dict[str, Any] | None = None,
+        note: str | None = None,
+    ) -> JobRecord | None:
+        """``finish`` inside the caller's transaction (the one that seals its version).
+
+        ``note`` is logged first, as the job's last message before its end.
+        """
         if state not in FINAL_JOB_STATES:
             msg = f"invalid final job state {state!r}"
             raise InvalidInput(msg)
-        with unit_of_work(self._sessions, write=True) as session:
-            row = session.get(Job, job_id)
-            if row is None or row.state != "running":
-                return None
-            if version is not None:
-                row.log = append_log(row.log, f"sealed as version {version} ({state})")
-            _end(row, state=state, error=error, version_id=version_id)
-            row.version = version
-            self._event(
-                session,
-                row,
-                "model.job.finish",
-                outcome="success" if state == "ready" else "failure",
-                details={"state": state, "version": version, "error": row.error, **(details or {})},
-            )
-            return _record(row)
+        row = session.get(Job, job_id, with_for_update=True)
+        if row is None or row.state != "running":
+            return None
+        if note is not None and note != row.message:
+            row.log = append_log(row.log, f"{note[:MESSAGE_LIMIT]} ({row.progress:.0%})")
+        if version is not None:
+            row.log = append_log(row.log, f"sealed as version {version} ({state})")
+        _end(row, state=state, error=error, version_id=version_id)
+        row.version = version
+        self._event(
+            session,
+            row,
+            "model.job.finish",
+            outcome="success" if state == "ready" else "failure",
+            details={"state": state, "version": version, "error": row.error, **(details or {})},
+        )
+        return _record(row)
 
     def requeue(self, job_id: str, *, reason: str) -> None:
         """Put a running job back in the queue (its gateway is stopping; its inputs stay)."""

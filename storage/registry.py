@@ -26,7 +26,7 @@ from storage.repositories import VERSION_NOT_FOUND, TenantRepository
 from storage.streams import COMPRESSIONS, HashingReader, decoded_chunks, plaintext_chunks
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from datetime import datetime
 
     from sqlalchemy.orm import Session, sessionmaker
@@ -242,6 +242,7 @@ class Registry:
         max_bytes: int | None = None,
         batching: BatchSettings | None = None,
         actor: Actor | None = None,
+        then: Callable[[Session, ModelVersionInfo], None] | None = None,
     ) -> ModelVersionInfo:
         """Seal the bytes read from ``source`` as the next version of ``model_name``.
 
@@ -249,7 +250,9 @@ class Registry:
         size. The whole version (row, data key, segments) commits in one
         transaction, so a failure part-way leaves nothing behind.
         ``batching`` is the version's own batching settings (``None``: the
-        server's defaults).
+        server's defaults). ``then`` runs in that same transaction once the
+        version is written (what else must commit with it, such as the job
+        that made it); whatever it raises rolls the version back too.
         """
         _check(MODEL_NAME, model_name, "model name")
         try:
@@ -291,7 +294,10 @@ class Registry:
                         **({"batching": batching.to_dict()} if batching else {}),
                     },
                 )
-                return _version_info(version, model, {})
+                info = _version_info(version, model, {})
+                if then is not None:
+                    then(session, info)
+                return info
         except IntegrityError:
             msg = f"model '{model_name}' changed during the upload; try again"
             raise Conflict(msg) from None

@@ -3,9 +3,12 @@
 One supervisor per gateway process. It claims the queued jobs of its own site
 (the ones whose inputs sit in its data directory), runs each in a job process
 (``server.jobs.process``), follows its progress into the database, and seals
-the result with ``Registry.put_version`` in one transaction: ``ready`` when the
-report passed, ``failed`` (visible to admins, never served) when it missed
-the options' bounds. A job's staging directory is removed when it ends.
+the result with ``Registry.put_version``: ``ready`` when the report passed,
+``failed`` (visible to admins, never served) when it missed the options'
+bounds. The version and the job's end commit in one transaction, so a crash
+cannot leave a sealed version behind a job that then fails as stale, and a
+job another gateway already failed seals nothing. A job's staging directory
+is removed when it ends.
 
 Recovery, for every gateway sharing the database: a running job whose
 heartbeat is older than ``jobs_stale_seconds`` lost its gateway and is marked
@@ -38,12 +41,19 @@ from storage import StorageError
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from sqlalchemy.orm import Session
+
     from server.service.resolver import ModelResolver
     from server.settings import Settings
     from storage import ModelVersionInfo, Registry
     from storage.jobs import JobRecord, JobStore
 
 log = structlog.get_logger(__name__)
+
+
+class _JobGone(Exception):  # noqa: N818 - a condition, not an error to report
+    """The job stopped running (another gateway failed it as stale) while its result was sealed."""
+
 
 _POLL_SECONDS = 2.0
 _RESULT_LIMIT = 4 * 1024 * 1024
@@ -283,13 +293,14 @@ class JobSupervisor:
             info = await run_in_threadpool(
                 self._put_version, job, directory, report, checked.signature
             )
+        except _JobGone:
+            log.warning("job was no longer running when it was sealed; nothing kept", job_id=job.id)
+            return
         except (ServiceError, StorageError, AuthError) as exc:
             await self._finish(job, error=exc.message)
             return
         self._resolver.invalidate(job.tenant_id)
-        reasons = "; ".join(str(reason) for reason in report.get("reasons") or ())
-        error = None if report["passed"] else f"the result missed its bounds: {reasons}"
-        await self._finish(job, error=error, version=info, note=summary(report))
+        log.info("job finished", job_id=job.id, state=info.state, version=info.version)
 
     def _put_version(
         self,
@@ -298,6 +309,26 @@ class JobSupervisor:
         report: dict[str, Any],
         signature: dict[str, Any],
     ) -> ModelVersionInfo:
+        reasons = "; ".join(str(reason) for reason in report.get("reasons") or ())
+        error = None if report["passed"] else f"the result missed its bounds: {reasons}"
+
+        def finish_job(session: Session, version: ModelVersionInfo) -> None:
+            done = self._store.finish_in(
+                session,
+                job.id,
+                state="failed" if error is not None else "ready",
+                error=error,
+                version_id=version.id,
+                version=version.version,
+                details={"size_stored": version.size_stored},
+                note=summary(report),
+            )
+            if done is None:
+                raise _JobGone
+            # The staged files go before the job is seen as done (the model was
+            # read whole by now): whoever reads a finished job finds staging empty.
+            shutil.rmtree(directory.root, ignore_errors=True)
+
         with directory.result_model.open("rb") as source:
             return self._registry.put_version(
                 tenant_id=job.tenant_id,
@@ -309,6 +340,7 @@ class JobSupervisor:
                 state="ready" if report["passed"] else "failed",
                 max_bytes=self._settings.max_model_bytes,
                 actor=job.actor,
+                then=finish_job,
             )
 
     async def _finish(

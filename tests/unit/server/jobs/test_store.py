@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 
 import pytest
@@ -147,3 +148,63 @@ def test_jobs_go_with_their_tenant(store, registry, tenants) -> None:
     registry.delete_tenant("alpha")
     with pytest.raises(NotFound):
         store.get(alpha, job_id)
+
+
+class _RefusedError(Exception):
+    """Raised by a ``then`` hook to roll the sealing transaction back."""
+
+
+def _seal_with_job(store: JobStore, registry, tenant_id: str, job_id: str, *, fail_after=False):
+    """Seal a small version whose job ends in the same transaction (as the supervisor does)."""
+
+    def finish_job(session, version) -> None:
+        done = store.finish_in(
+            session, job_id, state="ready", version_id=version.id, version=version.version
+        )
+        if done is None or fail_after:
+            raise _RefusedError
+
+    return registry.put_version(
+        tenant_id=tenant_id,
+        model_name="m",
+        source=io.BytesIO(b"model bytes" * 100),
+        format="tflite",
+        actor=Actor(subject="admin"),
+        then=finish_job,
+    )
+
+
+def test_a_version_and_the_end_of_its_job_commit_together(store, registry, tenants) -> None:
+    """The job is ready with its version, and both are in the audit log, or neither is."""
+    alpha, _ = tenants
+    job_id = _submit(store, alpha)
+    store.claim(site="here")
+    version = _seal_with_job(store, registry, alpha, job_id)
+    done = store.get(alpha, job_id)
+    assert (done.state, done.version_id, done.version) == ("ready", version.id, 1)
+    assert {"model.upload", "model.job.finish"} <= set(_actions(registry, alpha))
+
+    # A failure after the job's row was ended rolls back the row and the version.
+    second = _submit(store, alpha)
+    store.claim(site="here")
+    with pytest.raises(_RefusedError):
+        _seal_with_job(store, registry, alpha, second, fail_after=True)
+    assert store.get(alpha, second).state == "running"
+    assert [v.version for v in registry.get_model(alpha, "m").versions] == [1]
+
+
+def test_a_job_failed_elsewhere_before_sealing_seals_nothing(store, registry, engine, tenants):
+    """Another gateway failed the job as stale: its result is not kept as a version."""
+    alpha, _ = tenants
+    job_id = _submit(store, alpha)
+    store.claim(site="here")
+    with unit_of_work(make_session_factory(engine), write=True) as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(minutes=5))
+        )
+    assert [job.id for job in store.fail_stale(older_than=timedelta(seconds=30))] == [job_id]
+    with pytest.raises(_RefusedError):
+        _seal_with_job(store, registry, alpha, job_id)
+    assert registry.list_models(alpha) == []
+    assert "model.upload" not in _actions(registry, alpha)
+    assert store.get(alpha, job_id).state == "failed"
