@@ -27,8 +27,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
 from protos import worker_pb2
 from server.pool.errors import INTERNAL_MESSAGE
 from server.service.errors import DeadlineExceeded, Overloaded, WorkerCrashed
@@ -43,7 +41,7 @@ RPC_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class WorkerGone(Exception):  # noqa: N818 - an outcome, retried by the pool like UNAVAILABLE
-    """The worker went away before the call could be sent to it."""
+    """The worker went away before the call was sent, or its channel was closed under it."""
 
 
 @dataclass(slots=True)
@@ -168,20 +166,25 @@ class Coalescer:
             request = worker_pb2.InferRequest(calls=[waiting.call for waiting in batch])
             try:
                 reply = await stub.Infer(request, timeout=timeout)
-            except grpc.aio.AioRpcError as exc:
-                for waiting in batch:
-                    _settle(waiting.future, exc)
+            except asyncio.CancelledError:
+                # The channel was closed under the RPC (its worker was declared dead),
+                # or this task is being cancelled: either way no answer will come.
+                _settle_all(batch, WorkerGone())
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
                 return
-            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
-                for waiting in batch:
-                    _settle(waiting.future, exc)
+            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch (RPC errors too)
+                _settle_all(batch, exc)
                 return
             if len(reply.results) != len(batch):
-                error = WorkerCrashed(
-                    INTERNAL_MESSAGE, detail=f"{len(reply.results)} results for {len(batch)} calls"
+                _settle_all(
+                    batch,
+                    WorkerCrashed(
+                        INTERNAL_MESSAGE,
+                        detail=f"{len(reply.results)} results for {len(batch)} calls",
+                    ),
                 )
-                for waiting in batch:
-                    _settle(waiting.future, error)
                 return
             for waiting, result in zip(batch, reply.results, strict=True):
                 _settle(waiting.future, result)
@@ -190,6 +193,11 @@ class Coalescer:
             if self._waiting and not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
+
+
+def _settle_all(batch: list[_Waiting], outcome: BaseException) -> None:
+    for waiting in batch:
+        _settle(waiting.future, outcome)
 
 
 def _settle(future: asyncio.Future[Any], outcome: Any) -> None:

@@ -520,7 +520,7 @@ class WorkerPool:
 def _rpc_failure(exc: grpc.aio.AioRpcError | WorkerGone) -> tuple[grpc.StatusCode, str]:
     """The status and text of a failed send (a worker gone before sending is UNAVAILABLE)."""
     if isinstance(exc, WorkerGone):
-        return grpc.StatusCode.UNAVAILABLE, "the worker went away before the call was sent"
+        return grpc.StatusCode.UNAVAILABLE, "the worker went away before answering"
     return exc.code(), exc.details() or ""
 
 

@@ -255,3 +255,82 @@ def test_serve_refuses_remote_workers_without_mutual_tls(tmp_path) -> None:
     assert "remote workers need mutual TLS" in output
     assert "SEALSERVE_WORKER_TLS_CERT" in output
     assert "Traceback" not in output
+
+
+def test_calls_on_a_hung_remote_worker_are_retried_on_another(remote, tmp_path) -> None:
+    """SIGSTOP one of two remote workers under load: its calls finish on the other, none fail."""
+    _, worker, token, authority = remote
+    base = {k: v for k, v in worker.env.items() if not k.startswith("SEALSERVE_WORKER_TLS")}
+    workers = []
+    for name in ("hang-a", "hang-b"):
+        issued = authority.issue(name, server=True)
+        one = RemoteWorkerProcess(
+            {**base, **tls_env(issued)}, free_port(), tmp_path / f"{name}.log"
+        )
+        one.start()
+        workers.append(one)
+    client = authority.issue("gateway-two", server=False)
+    second = start_server(
+        {
+            **base,
+            **tls_env(client),
+            "SEALSERVE_WORKERS": "0",
+            "SEALSERVE_INFER_TIMEOUT_SECONDS": "20",
+            "SEALSERVE_REMOTE_WORKERS": json.dumps([f"127.0.0.1:{w.port}" for w in workers]),
+        },
+        tmp_path / "gateway-two.log",
+    )
+    x, _ = digits_test_split()
+    expected = in_process_probabilities()
+    try:
+        np.testing.assert_allclose(
+            probabilities(infer(second.url, token, x[:2])), expected[:2], atol=1e-5
+        )
+
+        def holder() -> int | None:
+            metrics = httpx.get(f"{second.url}/metrics").text
+            for index in (0, 1):
+                if f'sealserve_worker_models{{worker="{index}"}} 1.0' in metrics:
+                    return index
+            return None
+
+        # Hang the worker that holds the model: affinity sends the calls to it.
+        found = wait_for(lambda: [i for i in (holder(),) if i is not None], 10, "a model holder")
+        hung = workers[found[0]]
+        assert hung.process is not None
+        hung.process.send_signal(signal.SIGSTOP)
+        try:
+
+            async def load() -> list[httpx.Response]:
+                async with httpx.AsyncClient(timeout=30) as http:
+                    body = {
+                        "inputs": [
+                            {
+                                "name": "input",
+                                "shape": [1, 64],
+                                "datatype": "FP32",
+                                "data": x[0].tolist(),
+                            }
+                        ]
+                    }
+                    headers = {"Authorization": f"Bearer {token}"}
+                    return await asyncio.gather(
+                        *(
+                            http.post(
+                                f"{second.url}/v2/models/digits/infer", json=body, headers=headers
+                            )
+                            for _ in range(16)
+                        )
+                    )
+
+            replies = asyncio.run(load())
+        finally:
+            hung.process.send_signal(signal.SIGCONT)
+        assert [r.status_code for r in replies] == [200] * 16, [r.text for r in replies]
+        log = second.log.read_bytes()
+        assert b"missed 3 pings" in log
+        assert b"retrying on another" in log
+    finally:
+        second.stop()
+        for one in workers:
+            one.stop()
