@@ -248,8 +248,15 @@ class PoolCollector(Collector):
             "Models the worker evicted to stay within its memory budget.",
             labels=["worker"],
         )
+        info = GaugeMetricFamily(
+            "sealserve_worker_info",
+            "Where each worker runs: local (a process of this host) or remote (its address).",
+            labels=["worker", "location", "address"],
+        )
         for name, worker in workers:
             label = [name]
+            remote = worker.address is not None
+            info.add_metric([name, "remote" if remote else "local", worker.address or ""], 1.0)
             families["up"].add_metric(label, 1.0 if worker.state == "live" else 0.0)
             families["in_flight"].add_metric(label, worker.in_flight)
             families["waiting"].add_metric(label, worker.waiting)
@@ -263,6 +270,7 @@ class PoolCollector(Collector):
         yield from families.values()
         yield restarts
         yield evictions
+        yield info
 
     def _models(self, workers: list[WorkerStatus]) -> Iterator[Metric]:
         labels = ["tenant", "model", "version"]

@@ -501,6 +501,7 @@ class WorkerPool:
     async def _status(self, slot: _Slot) -> WorkerStatus:
         base = WorkerStatus(
             index=slot.process.index,
+            address=slot.process.address,
             state=slot.state,
             pid=slot.process.pid if slot.state is not WorkerState.STOPPED else None,
             instance_id=slot.process.instance_id,

@@ -57,6 +57,8 @@ class WorkerStatus:
     restarts: int
     in_flight: int
     """Calls the pool has sent to this worker and not had answered."""
+    address: str | None = None
+    """``host:port`` of a remote worker (``sealserve worker``); None for a local one."""
     worker_in_flight: int | None = None
     """Calls the worker has received and not answered, as it reports them."""
     models: tuple[ModelStatus, ...] = ()

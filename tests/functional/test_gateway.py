@@ -9,7 +9,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.servers import cli, server_env, start_server
+from tests.servers import cli, server_env, start_server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,17 @@ def test_metrics_count_requests(server) -> None:
     assert (
         'sealserve_http_requests_total{method="GET",route="/v2/health/live",status="200"}' in text
     )
+
+
+def test_metrics_say_where_each_worker_runs(server) -> None:
+    """``sealserve_worker_info`` names a local worker as local (a remote one: its address)."""
+    running, _ = server
+
+    def local_info() -> bool:
+        text = httpx.get(f"{running.url}/metrics").text
+        return 'sealserve_worker_info{address="",location="local",worker="0"} 1.0' in text
+
+    wait_for(local_info, 10, "the worker's info line")  # the status is read each second
 
 
 def test_cli_tenants_against_the_same_database(server) -> None:

@@ -136,7 +136,7 @@ def test_calls_are_answered_by_the_remote_worker(remote) -> None:
     The worker started after the gateway, so this also shows the gateway
     connecting to it in the background.
     """
-    gateway, _, token, _ = remote
+    gateway, worker, token, _ = remote
     x, _ = digits_test_split()
     expected = in_process_probabilities()
     np.testing.assert_allclose(
@@ -154,6 +154,8 @@ def test_calls_are_answered_by_the_remote_worker(remote) -> None:
     # /metrics reads the status the pool refreshes each second.
     wait_for(lambda: up() == ['sealserve_worker_up{worker="0"} 1.0'], 10, "the remote worker up")
     assert up() == ['sealserve_worker_up{worker="0"} 1.0']
+    info = f'sealserve_worker_info{{address="127.0.0.1:{worker.port}",location="remote",worker="0"}} 1.0'
+    assert info in httpx.get(f"{gateway.url}/metrics").text
 
 
 async def _ping(port: int, credentials: grpc.ChannelCredentials | None) -> grpc.StatusCode:
