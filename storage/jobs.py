@@ -254,6 +254,17 @@ class JobStore:
                 details=details,
             )
 
+    @staticmethod
+    def lock_running(session: Session, job_id: str) -> bool:
+        """Lock the job's row in the caller's transaction; whether it is still running.
+
+        Taken before anything else in the transaction that seals a job's
+        version, so that transaction locks the job before the audit log's
+        head, in the same order as ``fail_stale`` (no deadlock between them).
+        """
+        row = session.get(Job, job_id, with_for_update=True)
+        return row is not None and row.state == "running"
+
     def finish_in(
         self,
         session: Session,

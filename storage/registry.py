@@ -242,6 +242,7 @@ class Registry:
         max_bytes: int | None = None,
         batching: BatchSettings | None = None,
         actor: Actor | None = None,
+        first: Callable[[Session], None] | None = None,
         then: Callable[[Session, ModelVersionInfo], None] | None = None,
     ) -> ModelVersionInfo:
         """Seal the bytes read from ``source`` as the next version of ``model_name``.
@@ -250,13 +251,17 @@ class Registry:
         size. The whole version (row, data key, segments) commits in one
         transaction, so a failure part-way leaves nothing behind.
         ``batching`` is the version's own batching settings (``None``: the
-        server's defaults). ``then`` runs in that same transaction once the
-        version is written (what else must commit with it, such as the job
-        that made it); whatever it raises rolls the version back too.
+        server's defaults). ``first`` runs in that same transaction before
+        anything is written (to lock what ``then`` will change, in the order
+        other writers lock it), ``then`` once the version is written (what
+        else must commit with it, such as the job that made it); whatever
+        either raises rolls the version back too.
         """
         _check(MODEL_NAME, model_name, "model name")
         try:
             with unit_of_work(self._sessions, write=True) as session:
+                if first is not None:
+                    first(session)
                 repo = TenantRepository(session, tenant_id)
                 model = repo.find_model(model_name) or repo.add_model(model_name)
                 version = ModelVersion(

@@ -225,8 +225,10 @@ def test_gateways_list_the_stateful_workers_on_their_port() -> None:
     gateways = [c for w, c in containers() if w["metadata"]["name"] == "sealserve-gateway"]
     listed = json.loads(container_env(gateways[0])["SEALSERVE_REMOTE_WORKERS"])
     name, service = workers["metadata"]["name"], workers["spec"]["serviceName"]
+    namespace = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())["namespace"]
+    # Full names: the workers' certificate covers *.<service>.<namespace>.svc.
     assert sorted(listed) == [
-        f"{name}-{i}.{service}:{port}" for i in range(workers["spec"]["replicas"])
+        f"{name}-{i}.{service}.{namespace}.svc:{port}" for i in range(workers["spec"]["replicas"])
     ]
     (headless,) = (s for s in of_kind("Service") if s["metadata"]["name"] == service)
     assert headless["spec"]["clusterIP"] == "None"

@@ -312,6 +312,10 @@ class JobSupervisor:
         reasons = "; ".join(str(reason) for reason in report.get("reasons") or ())
         error = None if report["passed"] else f"the result missed its bounds: {reasons}"
 
+        def still_running(session: Session) -> None:
+            if not self._store.lock_running(session, job.id):
+                raise _JobGone
+
         def finish_job(session: Session, version: ModelVersionInfo) -> None:
             done = self._store.finish_in(
                 session,
@@ -340,6 +344,7 @@ class JobSupervisor:
                 state="ready" if report["passed"] else "failed",
                 max_bytes=self._settings.max_model_bytes,
                 actor=job.actor,
+                first=still_running,
                 then=finish_job,
             )
 

@@ -211,6 +211,7 @@ class WorkerPool:
         if self._closing and not self._started:
             return
         self._closing = True
+        self._notify()  # calls waiting for a worker to come up give up now
         if self._calls:
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
@@ -276,8 +277,8 @@ class WorkerPool:
         """Load a model on the worker that would serve it, ahead of the first call."""
 
         async def send(slot: _Slot, left: float) -> worker_pb2.LoadResponse:
-            reply: worker_pb2.LoadResponse = await slot.stub.Load(
-                worker_pb2.LoadRequest(model=key_to_pb(key)), timeout=left
+            reply: worker_pb2.LoadResponse = await _control(
+                slot.stub.Load(worker_pb2.LoadRequest(model=key_to_pb(key)), timeout=left)
             )
             return reply
 
@@ -383,8 +384,8 @@ class WorkerPool:
 
     def _mark_dead(self, slot: _Slot, reason: str) -> None:
         now = asyncio.get_running_loop().time()
-        if now - slot.live_since >= STABLE_AFTER:
-            slot.crashes = 0
+        if slot.state is WorkerState.LIVE and now - slot.live_since >= STABLE_AFTER:
+            slot.crashes = 0  # a restart that fails again keeps backing off
         slot.crashes += 1
         first, longest = RESTART_BACKOFF
         delay = min(first * 2 ** (slot.crashes - 1), longest)
@@ -454,14 +455,19 @@ class WorkerPool:
         while True:
             await asyncio.sleep(PING_INTERVAL)
             live = [slot for slot in self._slots if slot.state is WorkerState.LIVE]
-            await asyncio.gather(*(self._ping(slot) for slot in live))
+            results = await asyncio.gather(
+                *(self._ping(slot) for slot in live), return_exceptions=True
+            )
+            for slot, result in zip(live, results, strict=True):
+                if isinstance(result, Exception):
+                    log.warning("worker ping failed", worker=slot.process.index, exc_info=result)
 
     async def _ping(self, slot: _Slot) -> None:
         if slot.stub is None:
             return
         try:
-            reply = await slot.stub.Ping(worker_pb2.PingRequest(), timeout=PING_TIMEOUT)
-        except grpc.aio.AioRpcError:
+            reply = await _control(slot.stub.Ping(worker_pb2.PingRequest(), timeout=PING_TIMEOUT))
+        except (grpc.aio.AioRpcError, WorkerGone):
             slot.ping_failures += 1
             if slot.ping_failures >= PING_FAILURES and slot.state is WorkerState.LIVE:
                 self._mark_dead(slot, f"missed {slot.ping_failures} pings")
@@ -512,10 +518,28 @@ class WorkerPool:
         if slot.state is not WorkerState.LIVE:
             return base
         try:
-            reply = await slot.stub.Status(worker_pb2.StatusRequest(), timeout=PING_TIMEOUT)
-        except grpc.aio.AioRpcError:
+            reply = await _control(
+                slot.stub.Status(worker_pb2.StatusRequest(), timeout=PING_TIMEOUT)
+            )
+        except (grpc.aio.AioRpcError, WorkerGone):
             return base
         return status_from_reply(base, reply)
+
+
+async def _control(call: Awaitable[R]) -> R:
+    """Await a control RPC; its channel closed under it (a worker declared dead) is ``WorkerGone``.
+
+    ``grpc.aio`` ends the calls of a closed channel with ``CancelledError``
+    although no task was cancelled; left alone it would end the pool's
+    background loops without a word.
+    """
+    try:
+        return await call
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise WorkerGone from None
 
 
 def _rpc_failure(exc: grpc.aio.AioRpcError | WorkerGone) -> tuple[grpc.StatusCode, str]:

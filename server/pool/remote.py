@@ -18,7 +18,7 @@ optimisation only.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
@@ -52,7 +52,7 @@ class TlsMaterial:
     """The PEM bytes of one side's certificate, its key and the CA it trusts."""
 
     certificate: bytes
-    key: bytes
+    key: bytes = field(repr=False)
     ca: bytes
 
     @classmethod

@@ -332,6 +332,19 @@ def test_calls_on_a_hung_remote_worker_are_retried_on_another(remote, tmp_path) 
         log = second.log.read_bytes()
         assert b"missed 3 pings" in log
         assert b"retrying on another" in log
+
+        # Once it runs again it is reconnected, and /metrics (refreshed each second
+        # by a loop that closing its old channel must not end) says so.
+        index = found[0]
+
+        def back() -> bool:
+            text = httpx.get(f"{second.url}/metrics").text
+            return (
+                f'sealserve_worker_up{{worker="{index}"}} 1.0' in text
+                and f'sealserve_worker_restarts_total{{worker="{index}"}} 1.0' in text
+            )
+
+        wait_for(back, 30, "the hung worker reconnected and reported")
     finally:
         second.stop()
         for one in workers:

@@ -212,12 +212,25 @@ def test_run_now_answers_at_once_in_batches_of_max_batch_rows(
     executor = ThreadPoolExecutor(1)
     stats = BatchStats()
 
+    warm = 0
+
     async def scenario() -> list[list[Tensor] | Exception]:
+        nonlocal warm
         batcher = Batcher(
             model, executor=executor, max_batch=4, max_delay=0, max_queue=10, stats=stats
         )
+
+        async def until_quick() -> None:
+            # One single-row run makes it quick, unless a busy machine slowed that run.
+            nonlocal warm
+            for _ in range(50):
+                await batcher.submit([_input(digits.x_test[:1])], [], deadline=None)
+                warm += 1
+                if batcher.ready_now:
+                    return
+
         assert not batcher.ready_now  # never timed yet: not trusted to be quick
-        await batcher.submit([_input(digits.x_test[:1])], [], deadline=None)
+        await until_quick()
         assert batcher.ready_now
         queued = asyncio.ensure_future(
             batcher.submit([_input(digits.x_test[:1])], [], deadline=None)
@@ -226,6 +239,8 @@ def test_run_now_answers_at_once_in_batches_of_max_batch_rows(
         busy = batcher.ready_now  # a call waits ahead: later ones must queue behind it
         await queued
         assert not busy
+        if not batcher.ready_now:
+            await until_quick()
         assert batcher.ready_now
         calls = [
             ([_input(digits.x_test[0:3])], []),
@@ -243,4 +258,4 @@ def test_run_now_answers_at_once_in_batches_of_max_batch_rows(
     assert np.allclose(first[0].data, reference(digits.x_test[0:3]), atol=1e-6)
     assert np.allclose(last[0].data, reference(digits.x_test[4:6]), atol=1e-6)
     # 3 + 1 rows fill the first invocation; the last 2 rows go in a second one.
-    assert (stats.calls, stats.batches, stats.rows) == (2 + 3, 2 + 2, 2 + 6)
+    assert (stats.calls, stats.batches, stats.rows) == (warm + 1 + 3, warm + 1 + 2, warm + 1 + 6)
