@@ -7,6 +7,7 @@ the systemd units, against the real settings, command line and routes.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -82,6 +83,7 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
 
+@functools.cache
 def help_of(*command: str) -> str:
     """``sealserve COMMAND --help``, which must succeed."""
     result = subprocess.run(  # noqa: S603 - our own console script

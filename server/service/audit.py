@@ -7,6 +7,11 @@ dropped. Calls a tenant's own limits refused are counted rather than kept one
 by one (an ``inference.refused`` entry per tenant and flush, with a count per
 model, version, client and reason): a tenant flooding past its limit must not
 be able to grow the shared log, or the gateway's work, by a record per call.
+Calls refused for their credentials (``auth.failure``: no valid token;
+``auth.denied``: a token without the scope) are counted the same way, per
+tenant (none for a caller without a valid token) and flush, by operation,
+reason, client and address: anyone can send bad tokens, and a flood of them
+must not make every caller wait behind the audit log's writes.
 Review (listing, export, verify) goes through the same service.
 """
 
@@ -66,6 +71,25 @@ class RefusalKey(NamedTuple):
     reason: str
 
 
+DENIAL_KEYS = 1000
+"""Most distinct denial counts kept per action, tenant and flush; the rest are counted
+under "*" (an unauthenticated caller chooses its address and what it sends, and must
+not crowd out a tenant's own counts)."""
+
+
+class DenialKey(NamedTuple):
+    """What calls refused for their credentials are counted by."""
+
+    action: str
+    """``auth.failure`` (no valid token) or ``auth.denied`` (valid, lacking the scope)."""
+    tenant_id: str | None
+    subject: str | None
+    client_id: str | None
+    client_addr: str | None
+    operation: str
+    reason: str
+
+
 class AuditRecorder:
     """Batches events into the audit log from the event loop.
 
@@ -82,6 +106,8 @@ class AuditRecorder:
         # Calls arrive at request rates: a plain deque, taken whole by each flush.
         self._calls: deque[CallRecord] = deque()
         self._refusals: Counter[RefusalKey] = Counter()
+        self._denials: Counter[DenialKey] = Counter()
+        self._denial_keys: Counter[tuple[str, str | None]] = Counter()
         self._max_calls = max_calls
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -106,6 +132,16 @@ class AuditRecorder:
             key = key._replace(model="*", version="*")
         self._refusals[key] += 1
 
+    def count_denial(self, key: DenialKey) -> None:
+        """Count one call refused for its credentials; no record of its own."""
+        if key not in self._denials:
+            group = (key.action, key.tenant_id)
+            if self._denial_keys[group] >= DENIAL_KEYS:
+                key = DenialKey(key.action, key.tenant_id, "*", "*", "*", "*", "*")
+            else:
+                self._denial_keys[group] += 1
+        self._denials[key] += 1
+
     def start(self) -> None:
         """Start flushing in the background."""
         self._task = asyncio.create_task(self._run())
@@ -116,7 +152,7 @@ class AuditRecorder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while not self._queue.empty() or self._calls or self._refusals:
+        while not self._queue.empty() or self._calls or self._refusals or self._denials:
             await self._flush()
 
     async def _run(self) -> None:
@@ -134,20 +170,23 @@ class AuditRecorder:
         events = self._queue.qsize()
         calls, self._calls = self._calls, deque()
         refusals, self._refusals = self._refusals, Counter()
+        denials, self._denials = self._denials, Counter()
+        self._denial_keys = Counter()
         self._room.set()
-        while events > 0 or calls or refusals:
+        while events > 0 or calls or refusals or denials:
             batch: list[AuditEvent] = []
             while len(batch) < min(events, MAX_BATCH):
                 batch.append(self._queue.get_nowait())
             events -= len(batch)
             # Records become entries in the thread, not on the event loop.
-            await run_in_threadpool(self._write, batch, calls, refusals)
-            calls, refusals = deque(), Counter()
+            counted = [*_refusal_events(refusals), *_denial_events(denials)]
+            await run_in_threadpool(self._write, batch, calls, counted)
+            calls, refusals, denials = deque(), Counter(), Counter()
 
     def _write(
-        self, events: list[AuditEvent], calls: deque[CallRecord], refusals: Counter[RefusalKey]
+        self, events: list[AuditEvent], calls: deque[CallRecord], counted: list[AuditEvent]
     ) -> None:
-        self._audit.record_many([*events, *_call_events(calls), *_refusal_events(refusals)])
+        self._audit.record_many([*events, *_call_events(calls), *counted])
 
 
 def _call_events(calls: deque[CallRecord]) -> list[AuditEvent]:
@@ -206,6 +245,33 @@ def _refusal_events(refusals: Counter[RefusalKey]) -> list[AuditEvent]:
             details={"refused": counts},
         )
         for tenant_id, counts in by_tenant.items()
+    ]
+
+
+def _denial_events(denials: Counter[DenialKey]) -> list[AuditEvent]:
+    """One entry per action and tenant: how many calls were refused, per operation and reason."""
+    grouped: dict[tuple[str, str | None], list[dict[str, Any]]] = defaultdict(list)
+    for key, count in denials.items():
+        grouped[key.action, key.tenant_id].append(
+            {
+                "operation": key.operation,
+                "reason": key.reason,
+                "subject": key.subject,
+                "client_id": key.client_id,
+                "client_addr": key.client_addr,
+                "count": count,
+            }
+        )
+    return [
+        AuditEvent(
+            action=action,
+            resource=f"attempts:{sum(entry['count'] for entry in counts)}",
+            tenant_id=tenant_id,
+            outcome="denied" if action == "auth.denied" else "failure",
+            actor=Actor(subject="gateway"),
+            details={"attempts": counts},
+        )
+        for (action, tenant_id), counts in grouped.items()
     ]
 
 

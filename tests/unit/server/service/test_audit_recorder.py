@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from server.service.audit import CALLS_PER_ENTRY, REFUSAL_KEYS, AuditRecorder, CallRecord
+from server.service.audit import (
+    CALLS_PER_ENTRY,
+    DENIAL_KEYS,
+    REFUSAL_KEYS,
+    AuditRecorder,
+    CallRecord,
+    DenialKey,
+)
 from storage import make_session_factory
 from storage.audit import AuditLog
 
@@ -138,3 +145,63 @@ def test_refusal_counts_stay_bounded_whatever_model_names_a_caller_invents(
     assert len(rows) == REFUSAL_KEYS + 1  # the rest share one "*" row
     assert sum(row["count"] for row in rows) == REFUSAL_KEYS + 50
     assert sum(row["count"] for row in rows if row["model"] == "*") == 50
+
+
+def test_calls_refused_for_their_credentials_are_counted_per_tenant_and_bounded(
+    engine, master_keys
+) -> None:
+    """Bad tokens (no tenant) and missing scopes (their tenant) become one entry each per flush.
+
+    A caller without a valid token picks its address and what it sends, so
+    past DENIAL_KEYS distinct keys the rest share one "*" row.
+    """
+    log = AuditLog(session_factory=make_session_factory(engine), master_keys=master_keys)
+
+    async def scenario() -> None:
+        recorder = AuditRecorder(log)
+        for n in range(DENIAL_KEYS + 500):
+            recorder.count_denial(
+                DenialKey(
+                    "auth.failure",
+                    None,
+                    None,
+                    None,
+                    f"10.0.{n // 256}.{n % 256}",
+                    "POST /v2/models/{model}/infer",
+                    "invalid token",
+                )
+            )
+        for _ in range(3):
+            recorder.count_denial(
+                DenialKey(
+                    "auth.denied",
+                    "tenant-f",
+                    "cl_app",
+                    "cl_app",
+                    "127.0.0.1",
+                    "GET /admin/v1/audit",
+                    "missing scope audit:read",
+                )
+            )
+        await recorder.stop()
+
+    asyncio.run(scenario())
+    (failure,) = log.query(tenant_id=None, action="auth.failure", all_tenants=True, limit=10)
+    rows = failure["details"]["attempts"]
+    assert failure["tenant_id"] is None
+    assert failure["resource"] == f"attempts:{DENIAL_KEYS + 500}"
+    assert len(rows) == DENIAL_KEYS + 1
+    assert [row["count"] for row in rows if row["client_addr"] == "*"] == [500]
+    (denied,) = log.query(tenant_id="tenant-f", action="auth.denied", limit=10)
+    assert denied["outcome"] == "denied"
+    assert denied["details"]["attempts"] == [
+        {
+            "operation": "GET /admin/v1/audit",
+            "reason": "missing scope audit:read",
+            "subject": "cl_app",
+            "client_id": "cl_app",
+            "client_addr": "127.0.0.1",
+            "count": 3,
+        }
+    ]
+    assert log.verify().ok
