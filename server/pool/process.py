@@ -32,6 +32,7 @@ from server.pool.frames import FrameChannel, frames_path
 from server.pool.worker import GRPC_OPTIONS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from server.settings import Settings
@@ -51,6 +52,40 @@ CHANNEL_OPTIONS = [
 
 class WorkerStartError(Exception):
     """A worker process exited or stayed silent instead of answering ``Ping``."""
+
+
+async def ping_until_ready(
+    stub: worker_pb2_grpc.WorkerStub,
+    *,
+    timeout: float,
+    attempt: float,
+    what: str,
+    gone: Callable[[], str | None] = lambda: None,
+) -> str:
+    """Ping until the worker answers (its instance id) or ``timeout`` passes.
+
+    ``gone`` says why waiting is pointless (a local process that exited);
+    ``WorkerStartError`` names ``what`` and the last failure.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        problem = gone()
+        if problem is not None:
+            msg = f"{what} {problem}"
+            raise WorkerStartError(msg)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            msg = f"{what} did not answer within {timeout:g} s ({last})"
+            raise WorkerStartError(msg)
+        try:
+            reply = await stub.Ping(
+                worker_pb2.PingRequest(), timeout=min(left, attempt), wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as exc:
+            last = exc.details() or exc.code().name
+            continue
+        return str(reply.instance_id)
 
 
 def settings_for_worker(settings: Settings) -> bytes:
@@ -126,27 +161,19 @@ class WorkerProcess:
 
     async def wait_ready(self, timeout: float) -> str:
         """Wait until the worker answers ``Ping``; returns its instance id."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.stub is None or self.process is None:
-                msg = f"worker {self.index} was not spawned"
-                raise WorkerStartError(msg)
-            code = self.process.poll()
-            if code is not None:
-                msg = f"worker {self.index} exited with code {code} while starting"
-                raise WorkerStartError(msg)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                msg = f"worker {self.index} did not answer within {timeout:g} s"
-                raise WorkerStartError(msg)
-            try:
-                reply = await self.stub.Ping(
-                    worker_pb2.PingRequest(), timeout=min(left, 0.5), wait_for_ready=True
-                )
-            except grpc.aio.AioRpcError:
-                continue
-            self.instance_id = str(reply.instance_id)
-            return self.instance_id
+        if self.stub is None or self.process is None:
+            msg = f"worker {self.index} was not spawned"
+            raise WorkerStartError(msg)
+        process = self.process
+
+        def gone() -> str | None:
+            code = process.poll()
+            return None if code is None else f"exited with code {code} while starting"
+
+        self.instance_id = await ping_until_ready(
+            self.stub, timeout=timeout, attempt=0.5, what=f"worker {self.index}", gone=gone
+        )
+        return self.instance_id
 
     def exited(self) -> bool:
         """True when the process has ended (it is reaped here)."""

@@ -17,14 +17,13 @@ optimisation only.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
 
-from protos import worker_pb2, worker_pb2_grpc
-from server.pool.process import WorkerStartError
+from protos import worker_pb2_grpc
+from server.pool.process import WorkerStartError, ping_until_ready
 from server.pool.worker import GRPC_OPTIONS
 
 if TYPE_CHECKING:
@@ -116,25 +115,13 @@ class RemoteWorker:
 
     async def wait_ready(self, timeout: float) -> str:
         """Wait until the worker answers ``Ping`` over TLS; returns its instance id."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while True:
-            left = deadline - time.monotonic()
-            if self.stub is None:
-                msg = f"remote worker {self.address} has no channel"
-                raise WorkerStartError(msg)
-            if left <= 0:
-                msg = f"remote worker {self.address} did not answer within {timeout:g} s ({last})"
-                raise WorkerStartError(msg)
-            try:
-                reply = await self.stub.Ping(
-                    worker_pb2.PingRequest(), timeout=min(left, 1.0), wait_for_ready=True
-                )
-            except grpc.aio.AioRpcError as exc:
-                last = exc.details() or exc.code().name
-                continue
-            self.instance_id = str(reply.instance_id)
-            return self.instance_id
+        if self.stub is None:
+            msg = f"remote worker {self.address} has no channel"
+            raise WorkerStartError(msg)
+        self.instance_id = await ping_until_ready(
+            self.stub, timeout=timeout, attempt=1.0, what=f"remote worker {self.address}"
+        )
+        return self.instance_id
 
     def exited(self) -> bool:
         """True when the connection failed: the worker is gone or unreachable."""
