@@ -311,6 +311,7 @@ class JobSupervisor:
     ) -> ModelVersionInfo:
         reasons = "; ".join(str(reason) for reason in report.get("reasons") or ())
         error = None if report["passed"] else f"the result missed its bounds: {reasons}"
+        state = "ready" if error is None else "failed"
 
         def still_running(session: Session) -> None:
             if not self._store.lock_running(session, job.id):
@@ -320,7 +321,7 @@ class JobSupervisor:
             done = self._store.finish_in(
                 session,
                 job.id,
-                state="failed" if error is not None else "ready",
+                state=state,
                 error=error,
                 version_id=version.id,
                 version=version.version,
@@ -341,7 +342,7 @@ class JobSupervisor:
                 format="tflite",
                 signature=signature,
                 report=report,
-                state="ready" if report["passed"] else "failed",
+                state=state,
                 max_bytes=self._settings.max_model_bytes,
                 actor=job.actor,
                 first=still_running,

@@ -25,14 +25,16 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from protos import worker_pb2
 from server.pool.errors import INTERNAL_MESSAGE
 from server.service.errors import DeadlineExceeded, Overloaded, WorkerCrashed
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
+
+T = TypeVar("T")
 
 DENSE_WINDOW = 5
 """Traffic is dense when the last RPC left less than this many ``max_delay`` ago."""
@@ -42,6 +44,22 @@ RPC_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 class WorkerGone(Exception):  # noqa: N818 - an outcome, retried by the pool like UNAVAILABLE
     """The worker went away before the call was sent, or its channel was closed under it."""
+
+
+async def answered(call: Awaitable[T]) -> T:
+    """Await an RPC to a worker; its channel closed under it (worker declared dead): ``WorkerGone``.
+
+    ``grpc.aio`` ends the calls of a closed channel with ``CancelledError``
+    although no task was cancelled; left alone that would end the caller's
+    task (the pool's background loops, a batch's send) without a word.
+    """
+    try:
+        return await call
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise WorkerGone from None
 
 
 @dataclass(slots=True)
@@ -165,15 +183,10 @@ class Coalescer:
             self._stats.record(len(batch))
             request = worker_pb2.InferRequest(calls=[waiting.call for waiting in batch])
             try:
-                reply = await stub.Infer(request, timeout=timeout)
+                reply = await answered(stub.Infer(request, timeout=timeout))
             except asyncio.CancelledError:
-                # The channel was closed under the RPC (its worker was declared dead),
-                # or this task is being cancelled: either way no answer will come.
-                _settle_all(batch, WorkerGone())
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                return
+                _settle_all(batch, WorkerGone())  # shutting down: no answer will come
+                raise
             except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch (RPC errors too)
                 _settle_all(batch, exc)
                 return

@@ -37,7 +37,7 @@ import structlog
 from protos import worker_pb2
 from server.errors import StartupError
 from server.pool.balancer import Balancer
-from server.pool.dispatcher import Coalescer, RpcStats, WorkerGone
+from server.pool.dispatcher import Coalescer, RpcStats, WorkerGone, answered
 from server.pool.errors import (
     INTERNAL_MESSAGE,
     RETRYABLE_STATUSES,
@@ -277,7 +277,7 @@ class WorkerPool:
         """Load a model on the worker that would serve it, ahead of the first call."""
 
         async def send(slot: _Slot, left: float) -> worker_pb2.LoadResponse:
-            reply: worker_pb2.LoadResponse = await _control(
+            reply: worker_pb2.LoadResponse = await answered(
                 slot.stub.Load(worker_pb2.LoadRequest(model=key_to_pb(key)), timeout=left)
             )
             return reply
@@ -466,7 +466,7 @@ class WorkerPool:
         if slot.stub is None:
             return
         try:
-            reply = await _control(slot.stub.Ping(worker_pb2.PingRequest(), timeout=PING_TIMEOUT))
+            reply = await answered(slot.stub.Ping(worker_pb2.PingRequest(), timeout=PING_TIMEOUT))
         except (grpc.aio.AioRpcError, WorkerGone):
             slot.ping_failures += 1
             if slot.ping_failures >= PING_FAILURES and slot.state is WorkerState.LIVE:
@@ -518,28 +518,12 @@ class WorkerPool:
         if slot.state is not WorkerState.LIVE:
             return base
         try:
-            reply = await _control(
+            reply = await answered(
                 slot.stub.Status(worker_pb2.StatusRequest(), timeout=PING_TIMEOUT)
             )
         except (grpc.aio.AioRpcError, WorkerGone):
             return base
         return status_from_reply(base, reply)
-
-
-async def _control(call: Awaitable[R]) -> R:
-    """Await a control RPC; its channel closed under it (a worker declared dead) is ``WorkerGone``.
-
-    ``grpc.aio`` ends the calls of a closed channel with ``CancelledError``
-    although no task was cancelled; left alone it would end the pool's
-    background loops without a word.
-    """
-    try:
-        return await call
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        raise WorkerGone from None
 
 
 def _rpc_failure(exc: grpc.aio.AioRpcError | WorkerGone) -> tuple[grpc.StatusCode, str]:

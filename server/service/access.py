@@ -37,13 +37,14 @@ from auth import (
     verify_client_secret,
 )
 from server.policy import OPERATIONS
-from server.service.audit import AuditRecorder, DenialKey
+from server.service.audit import DenialKey
 from server.service.context import current_actor, named_actor
 from storage.audit import AuditEvent
 from storage.identity import DenySnapshot, SigningKeyRecord
 
 if TYPE_CHECKING:
     from auth import IssuedToken, Principal, VerificationKey
+    from server.service.audit import AuditRecorder
     from storage.identity import IdentityStore
 
 log = structlog.get_logger(__name__)
