@@ -467,7 +467,7 @@ def fairness(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
     # The victim paces itself at a third of the limit; the flooder sends 10x the limit.
     victim_connections = 4
     flood_connections = 20
-    flood_delay = flood_connections * 1000 / (10 * limit)
+    flood_delay = flood_connections * 1000 / (args.flood_factor * limit)
     alone: list[Point] = []
     loaded: list[Point] = []
     floods: list[tuple[float, float]] = []
@@ -750,6 +750,12 @@ def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
     )
     parser.add_argument(
         "--rate-limit", type=float, default=200.0, help="fairness: req/s per tenant"
+    )
+    parser.add_argument(
+        "--flood-factor",
+        type=float,
+        default=10.0,
+        help="fairness: the flooding tenant sends this many times its rate limit",
     )
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="also write the raw results here")

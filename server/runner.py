@@ -30,7 +30,7 @@ from server.pool.remote import TlsFilesError, TlsMaterial
 from server.replicas import Replicas, all_listening, mark_listening
 from server.rest.app import create_app
 from server.rest.fastpath import InferenceFastPath
-from server.rest.protocol import CorkedHttpToolsProtocol
+from server.rest.protocol import with_early_answers
 from server.service.health import HealthService
 from server.service.inference import InferenceService
 from server.service.limits import SharedTenantTable, TenantLimits
@@ -150,16 +150,17 @@ class Gateway:
             # Before any worker starts, so a taken port fails the start at once.
             self.grpc_port = self.grpc.bind(f"{settings.host}:{settings.grpc_port}")
         self.rest_socket: socket.socket | None = None
+        fastpath = InferenceFastPath(
+            self.app, access=services.access, inference=self.inference, metrics=self.metrics
+        )
         config = uvicorn.Config(
-            InferenceFastPath(
-                self.app, access=services.access, inference=self.inference, metrics=self.metrics
-            ),
+            fastpath,
             host=settings.host,
             port=settings.rest_port,
             log_config=None,
             access_log=False,
             lifespan="off",
-            http=CorkedHttpToolsProtocol,
+            http=with_early_answers(fastpath.refuse_now),
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         )
         self.http = _UvicornServer(config)

@@ -80,7 +80,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):  # typ
     ) -> pb.ModelInferResponse:
         """Run one inference."""
         principal = _principal()
-        await self._inference.admit(principal, request.model_name, request.model_version or None)
+        self._inference.admit(principal, request.model_name, request.model_version or None)
         parsed = converters.infer_request(request)
         answer = await self._inference.infer(
             principal, request.model_name, request.model_version or None, parsed

@@ -20,22 +20,27 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-def error_response(
-    request: Request, *, status: int, message: str, code: str, headers: dict[str, str] | None = None
-) -> Response:
+def error_body(message: str, code: str, request_id: str | None) -> bytes:
     """The error body every route uses: ``{"error", "code", "request_id"}``.
 
     ``error`` stays a plain string because that is what Open Inference
     Protocol and TF Serving clients read.
     """
-    body = {
-        "error": message,
-        "code": code,
-        "request_id": request.scope.get("state", {}).get("request_id"),
-    }
-    return Response(
-        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
-    )
+    return orjson.dumps({"error": message, "code": code, "request_id": request_id})
+
+
+def retry_after(exc: Exception) -> str | None:
+    """The ``Retry-After`` value (whole seconds, at least 1) for ``exc``, if it has one."""
+    seconds = getattr(exc, "retry_after", None)
+    return None if seconds is None else str(max(1, round(seconds)))
+
+
+def error_response(
+    request: Request, *, status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> Response:
+    """``error_body`` as a response."""
+    body = error_body(message, code, request.scope.get("state", {}).get("request_id"))
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -75,9 +80,9 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     elif getattr(exc, "detail", None):
         log.info("request refused", error_type=type(exc).__name__, detail=exc.detail)  # type: ignore[attr-defined]
     headers: dict[str, str] = {}
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(retry_after)))
+    wait = retry_after(exc)
+    if wait is not None:
+        headers["Retry-After"] = wait
     if spec.http == HTTPStatus.UNAUTHORIZED:
         # RFC 6750 §3: say how to authenticate; name the error only if a token was sent.
         sent = "authorization" in request.headers

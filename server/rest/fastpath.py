@@ -21,19 +21,23 @@ import itertools
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 from starlette.requests import Request
 
+from auth import AuthError
 from server.policy import rest_operation
-from server.rest.errors import handle_error
+from server.rest.errors import error_body, handle_error, retry_after
 from server.rest.middleware import REQUEST_ID_HEADER, SAFE_REQUEST_ID
 from server.rest.routes.tfserving import run_predict
 from server.rest.routes.v2 import run_infer
-from server.service.errors import PayloadTooLarge
+from server.service.errors import PayloadTooLarge, TenantLimited
+from server.status import public_message, spec_for
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from auth import Principal
@@ -64,6 +68,38 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
 )
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
+
+
+class EarlyAnswer(NamedTuple):
+    """A whole response decided from a request's head alone (see ``refuse_now``)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class _Head(NamedTuple):
+    """What the inference routes read from a request's headers."""
+
+    authorization: str | None
+    content_length: bytes | None
+    header_length: str | None
+    request_id: str | None
+    """The caller's own ``x-request-id``, when it is safe to echo."""
+
+
+def _head(scope: Mapping[str, Any]) -> _Head:
+    authorization = declared = header_length = request_id = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"content-length":
+            declared = value
+        elif name == b"inference-header-content-length":
+            header_length = value.decode("latin-1")
+        elif name == REQUEST_ID_HEADER and SAFE_REQUEST_ID.match(value):
+            request_id = value.decode()
+    return _Head(authorization, declared, header_length, request_id)
 
 
 class _Disconnected(Exception):  # noqa: N818 - a condition, not an error to report
@@ -132,6 +168,52 @@ class InferenceFastPath:
                 return
         await self.app(scope, receive, send)
 
+    def refuse_now(self, scope: Mapping[str, Any]) -> EarlyAnswer | None:
+        """The 429 for an inference call its tenant's limits refuse, decided from its head.
+
+        Called by the HTTP protocol (``server.rest.protocol``) as soon as a
+        request's headers are parsed, before any task, body or ASGI message
+        exists for it: a tenant flooding the server far over its rate limit
+        then costs the other tenants' calls on this event loop as little as
+        possible. Anything else (another route, a token that does not verify,
+        a tenant within its limits) is ``None``, and the request goes the
+        ordinary way, which checks everything again. Only runs while some
+        tenant was refused a moment ago, so normal traffic pays one clock read.
+        """
+        inference = self._inference
+        if scope["method"] != "POST" or not inference.refusing():
+            return None
+        route = _match(scope["path"])
+        if route is None:
+            return None
+        started = time.perf_counter()
+        template, _, model, ref = route
+        head = _head(scope)
+        try:
+            principal = self._access.check(self._operation[template], head.authorization)
+            if principal is None:
+                return None
+            inference.admit(principal, model, ref)
+        except TenantLimited as exc:
+            request_id = head.request_id or self._new_request_id()
+            spec = spec_for(exc)
+            body = error_body(public_message(exc, spec), spec.public_code, request_id)
+            headers = [
+                (b"content-type", _JSON),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", (retry_after(exc) or "1").encode()),
+                (REQUEST_ID_HEADER, request_id.encode()),
+            ]
+            self._metrics.count_http(template, "POST", spec.http)
+            self._histograms[template].observe(time.perf_counter() - started)
+            return EarlyAnswer(spec.http, headers, body)
+        except AuthError:
+            return None  # the ordinary path refuses it, and counts the refusal
+        return None
+
+    def _new_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):020x}"
+
     async def _serve(
         self,
         scope: Scope,
@@ -141,17 +223,8 @@ class InferenceFastPath:
     ) -> None:
         template, protocol, model, ref = route
         started = time.perf_counter()
-        authorization = declared = header_length = request_id = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"content-length":
-                declared = value
-            elif name == b"inference-header-content-length":
-                header_length = value.decode("latin-1")
-            elif name == REQUEST_ID_HEADER and SAFE_REQUEST_ID.match(value):
-                request_id = value.decode()
-        request_id = request_id or f"{self._id_prefix}{next(self._ids):020x}"
+        authorization, declared, header_length, request_id = _head(scope)
+        request_id = request_id or self._new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         try:

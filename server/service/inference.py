@@ -121,11 +121,16 @@ class InferenceService:
         """Whether the version can serve (raises NotFound for an unknown model)."""
         return (await self.version(principal, model, ref)).state == "ready"
 
-    async def admit(self, principal: Principal, model: str, ref: str | None) -> None:
+    def refusing(self) -> bool:
+        """Whether some tenant was refused for its limits a moment ago (see ``admit``)."""
+        return self._limits is not None and self._limits.refusing()
+
+    def admit(self, principal: Principal, model: str, ref: str | None) -> None:
         """Refuse now a call the tenant's limits would refuse, before its body is decoded.
 
-        The refusal is recorded like any other (audit log, limit metrics);
-        ``infer`` still admits the call for real.
+        The refusal is counted like any other (audit log, limit metrics);
+        ``infer`` still admits the call for real. Synchronous, so a transport
+        can refuse a call before it starts any task for it.
         """
         limits = self._limits
         if limits is None or principal.tenant_id is None:
@@ -133,9 +138,9 @@ class InferenceService:
         try:
             limits.check(principal.tenant_id)
         except TenantLimited as exc:
-            await self._record(
-                principal, model, ref or "default", spec_for(exc).public_code, limit=exc.reason
-            )
+            call = self._call(principal, model, ref or "default", spec_for(exc).public_code)
+            if call is not None and self._recorder is not None:
+                self._recorder.count_refusal(call, exc.reason)
             raise
 
     async def infer(
@@ -176,17 +181,38 @@ class InferenceService:
         version: str,
         outcome: str,
         *,
-        latency_ms: float = 0.0,
-        request_id: str | None = None,
-        limit: str | None = None,
+        latency_ms: float,
+        request_id: str | None,
+        limit: str | None,
     ) -> None:
         """Queue one call's audit record (tenant principals only, when auditing is on).
 
         A call the tenant's own ``limit`` (rate or concurrency) refused is only counted.
         """
-        if self._recorder is None or principal.tenant_id is None:
+        call = self._call(
+            principal, model, version, outcome, latency_ms=latency_ms, request_id=request_id
+        )
+        if call is None or self._recorder is None:
             return
-        record = CallRecord(
+        if limit is not None:
+            self._recorder.count_refusal(call, limit)
+        else:
+            await self._recorder.submit_call(call)
+
+    def _call(
+        self,
+        principal: Principal,
+        model: str,
+        version: str,
+        outcome: str,
+        *,
+        latency_ms: float = 0.0,
+        request_id: str | None = None,
+    ) -> CallRecord | None:
+        """The audit log's view of one call; ``None`` when none is kept for it."""
+        if self._recorder is None or principal.tenant_id is None:
+            return None
+        return CallRecord(
             tenant_id=principal.tenant_id,
             model=model,
             version=version,
@@ -196,10 +222,6 @@ class InferenceService:
             latency_ms=latency_ms,
             request_id=request_id,
         )
-        if limit is not None:
-            self._recorder.count_refusal(record, limit)
-        else:
-            await self._recorder.submit_call(record)
 
     async def _infer(
         self, principal: Principal, model: str, ref: str | None, request: InferRequest

@@ -46,6 +46,8 @@ MAX_GATEWAYS = 64
 """Gateway processes a shared table counts calls for (``--gateways`` is capped at this)."""
 SHARED_SLOTS = 4096
 """Tenants a shared table holds; more fall back to per-process limits (with a warning)."""
+REFUSING_SECONDS = 1.0
+"""How long after a refusal ``refusing`` stays true."""
 
 
 @dataclass(slots=True)
@@ -76,6 +78,7 @@ class TenantLimits:
         self._shared = shared
         self._tenants: dict[str, _Tenant] = {}
         self._checks = 0
+        self._refused_at = float("-inf")
         self._empty_until: dict[str, float] = {}
         """Tenants whose bucket was found empty, and when its next token is due.
 
@@ -88,6 +91,14 @@ class TenantLimits:
     def enabled(self) -> bool:
         """Whether any limit applies (when not, ``acquire`` is never needed)."""
         return bool(self.max_concurrency or self.rate)
+
+    def refusing(self) -> bool:
+        """Whether this process refused a call in the last ``REFUSING_SECONDS``.
+
+        While no tenant is over its limits this is false, and a transport
+        need not look a call's tenant up early just to learn it is admitted.
+        """
+        return self._clock() - self._refused_at < REFUSING_SECONDS
 
     def in_flight(self, tenant_id: str) -> int:
         """Calls the tenant has running now (in every process sharing the table)."""
@@ -178,6 +189,7 @@ class TenantLimits:
         )
 
     def _refused(self, tenant_id: str, reason: str) -> None:
+        self._refused_at = self._clock()
         if self._on_limited is not None:
             self._on_limited(tenant_id, reason)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 
 import grpc
 import httpx
@@ -172,3 +174,61 @@ def test_a_tenant_over_its_limit_is_refused_before_its_body_is_read(limited) -> 
         assert statuses.count(429) >= 3, statuses
         assert set(statuses) <= {400, 429}, statuses
     assert {r.json()["code"] for r in malformed + predict if r.status_code == 429} == {"overloaded"}
+
+
+def test_a_refusal_needs_no_body_and_keeps_the_connection(limited) -> None:
+    """A gateway that refused the tenant a moment ago refuses its next call from the head.
+
+    The 429 arrives before the body is sent (the gateway started nothing for
+    the call), and the same connection then serves the other tenant. A token
+    comes back every 1/RATE s, so a head may find one and wait for its body:
+    the test then sends it and tries again.
+    """
+    server, tokens, _ = limited
+    payload = json.dumps(body()).encode()
+
+    def request(tenant: str) -> bytes:
+        return (
+            f"POST /v2/models/digits/infer HTTP/1.1\r\nhost: x\r\n"
+            f"authorization: Bearer {tokens[tenant]}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(payload)}\r\n\r\n"
+        ).encode()
+
+    def answer(sock: socket.socket) -> tuple[int, bytes, bytes]:
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536) or pytest.fail("connection closed")
+        head, _, rest = received.partition(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE)[1])
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        return int(head.split(b" ")[1]), head.lower(), rest
+
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as sock:
+            # Empty the bucket through this connection's gateway process.
+            while True:
+                sock.sendall(request("flood") + payload)
+                if answer(sock)[0] == 429:
+                    break
+            sock.sendall(request("flood"))  # the head alone
+            sock.settimeout(2)
+            try:
+                status, head, refusal = answer(sock)
+            except TimeoutError:
+                continue  # a token came back: this call waits for its body
+            finally:
+                sock.settimeout(30)
+            assert status == 429
+            assert b"\r\nretry-after: " in head
+            # The same body as every refusal: the public code and the request id.
+            request_id = re.search(rb"x-request-id: (\S+)", head)[1].decode()
+            assert json.loads(refusal) == {
+                "error": "this tenant's inference rate limit is exceeded; retry later",
+                "code": "overloaded",
+                "request_id": request_id,
+            }
+            sock.sendall(payload + request("demo") + payload)
+            assert answer(sock)[0] == 200
+            return
+    pytest.fail("no call was refused from its head in five tries")

@@ -30,7 +30,7 @@ async def run_predict(
 
     Shared by the documented routes below and the hot path (``server.rest.fastpath``).
     """
-    await inference.admit(principal, model, ref)
+    inference.admit(principal, model, ref)
     info = await inference.version(principal, model, ref)
     parsed, row = parse_predict(body, info.signature)
     answer = await inference.infer(principal, model, str(info.version), parsed)

@@ -88,7 +88,7 @@ async def run_infer(
 
     Shared by the documented route below and the hot path (``server.rest.fastpath``).
     """
-    await inference.admit(principal, model, version)
+    inference.admit(principal, model, version)
     parsed = parse_request(body, header_length)
     answer = await inference.infer(principal, model, version, parsed)
     content, length = encode_response(answer, parsed)

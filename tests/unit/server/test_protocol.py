@@ -11,7 +11,8 @@ import pytest
 import uvicorn
 import uvloop
 
-from server.rest.protocol import CorkedHttpToolsProtocol, CorkedTransport
+from server.rest.fastpath import EarlyAnswer
+from server.rest.protocol import CorkedHttpToolsProtocol, CorkedTransport, with_early_answers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -104,9 +105,19 @@ def test_close_sends_what_is_held_and_abort_drops_it(run) -> None:
     run(scenario())
 
 
+SEEN: list[str] = []
+"""Paths the app was called for, in order."""
+
+
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Echo the body (or ``size`` bytes of ``x`` for GET /big?size=N), as two ASGI messages."""
+    """Echo the body (or ``size`` bytes of ``x`` for GET /big?size=N), as two ASGI messages.
+
+    ``/slow`` answers after 0.2 s.
+    """
     assert scope["type"] == "http"
+    SEEN.append(scope["path"])
+    if scope["path"] == "/slow":
+        await asyncio.sleep(0.2)
     body = b""
     while True:
         message = await receive()
@@ -126,13 +137,13 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _server() -> AsyncIterator[int]:
+async def _server(
+    protocol: type[CorkedHttpToolsProtocol] = CorkedHttpToolsProtocol,
+) -> AsyncIterator[int]:
     """uvicorn with the corked protocol on a loopback port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        _app, http=CorkedHttpToolsProtocol, log_config=None, lifespan="off", access_log=False
-    )
+    config = uvicorn.Config(_app, http=protocol, log_config=None, lifespan="off", access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
@@ -205,5 +216,64 @@ def test_http_through_the_corked_protocol(run) -> None:
             head, _, body = big.partition(b"\r\n\r\n")
             assert f"content-length: {size}".encode() in head
             assert body == b"x" * size
+
+    run(scenario())
+
+
+def _refuse(scope: Any) -> EarlyAnswer | None:
+    """Answer ``/refuse*`` from the head: 429, body ``no``."""
+    if not scope["path"].startswith("/refuse"):
+        return None
+    return EarlyAnswer(429, [(b"content-type", b"text/plain"), (b"content-length", b"2")], b"no")
+
+
+def test_early_answers_leave_before_the_body_and_keep_the_connection(run) -> None:
+    """An early answer needs no body and no task; the connection then serves the next request.
+
+    In order behind a pipelined request still running, and never for a client
+    waiting for 100 Continue, which would otherwise never send its body.
+    """
+
+    async def scenario() -> None:
+        SEEN.clear()
+        async with _server(with_early_answers(_refuse)) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /refuse HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
+            refused = await asyncio.wait_for(reader.readuntil(b"no"), 5)
+            assert refused.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
+            assert b"\r\ndate: " in refused  # uvicorn's default headers, as on every answer
+            # The refused body arrives late, with the next request behind it.
+            writer.write(b"0123456789POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nfirst")
+            served = await asyncio.wait_for(reader.readuntil(b"first"), 5)
+            assert served.startswith(b"HTTP/1.1 200 OK")
+            writer.close()
+            assert SEEN == ["/a"]
+
+            pipelined = await _exchange(
+                port,
+                b"POST /slow HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nslow"
+                b"POST /refuse HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+                until=b"\r\n\r\nno",
+            )
+            assert pipelined.index(b"200 OK") < pipelined.index(b"slow")
+            assert pipelined.index(b"slow") < pipelined.index(b"429 Too Many Requests")
+
+            waiting = await _exchange(
+                port,
+                b"POST /refuse-later HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n"
+                b"expect: 100-continue\r\n\r\n",
+                until=b"100 Continue",
+            )
+            assert waiting.startswith(b"HTTP/1.1 100 Continue")
+
+            closing = await _exchange(
+                port,
+                b"POST /refuse HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n"
+                b"connection: close\r\n\r\n",
+                until=b"\0",
+            )
+            assert closing.startswith(b"HTTP/1.1 429")
+            assert closing.endswith(b"connection: close\r\n\r\nno")  # and then the EOF
+            assert SEEN == ["/a", "/slow", "/refuse-later"]
 
     run(scenario())
