@@ -18,7 +18,8 @@ from server.pool.batcher import Batcher, BatchStats
 from server.pool.cache import ModelCache
 from server.pool.messages import key_to_pb, tensor_to_pb
 from server.pool.runtime import LoadedModel
-from server.pool.worker import BatchPolicy, WorkerService, create_server
+from server.pool.worker import create_server
+from server.pool.worker_service import BatchPolicy, WorkerService
 from server.service.types import ModelKey, Tensor
 from storage import BatchSettings
 

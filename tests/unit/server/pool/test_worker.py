@@ -20,7 +20,8 @@ from server.pool.cache import ModelCache
 from server.pool.errors import INTERNAL_MESSAGE
 from server.pool.messages import key_to_pb, tensor_from_pb, tensor_to_pb
 from server.pool.process import settings_for_worker
-from server.pool.worker import WorkerService, create_server
+from server.pool.worker import create_server
+from server.pool.worker_service import WorkerService
 from server.service.types import ModelKey, Tensor
 
 if TYPE_CHECKING:
