@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import structlog
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from server.rest.fastpath import EarlyAnswer
 
     EarlyAnswers = Callable[[Mapping[str, Any]], EarlyAnswer | None]
+
+log = structlog.get_logger(__name__)
 
 
 class CorkedTransport:
@@ -110,7 +113,11 @@ class CorkedHttpToolsProtocol(HttpToolsProtocol):
             and not cycle.waiting_for_100_continue
             and not self.flow.write_paused
         ):
-            answer = early(cycle.scope)
+            try:
+                answer = early(cycle.scope)
+            except Exception:  # the ordinary path meets it too, and answers it
+                log.debug("no early answer", exc_info=True)
+                answer = None
             if answer is not None:
                 self._answer_now(cycle, answer)
                 return

@@ -221,7 +221,10 @@ def test_http_through_the_corked_protocol(run) -> None:
 
 
 def _refuse(scope: Any) -> EarlyAnswer | None:
-    """Answer ``/refuse*`` from the head: 429, body ``no``."""
+    """Answer ``/refuse*`` from the head: 429, body ``no``; fail on ``/broken``."""
+    if scope["path"] == "/broken":
+        msg = "a bug in the early answer"
+        raise RuntimeError(msg)
     if not scope["path"].startswith("/refuse"):
         return None
     return EarlyAnswer(429, [(b"content-type", b"text/plain"), (b"content-length", b"2")], b"no")
@@ -274,6 +277,14 @@ def test_early_answers_leave_before_the_body_and_keep_the_connection(run) -> Non
             )
             assert closing.startswith(b"HTTP/1.1 429")
             assert closing.endswith(b"connection: close\r\n\r\nno")  # and then the EOF
-            assert SEEN == ["/a", "/slow", "/refuse-later"]
+
+            # An early answer that fails leaves the request to the app.
+            broken = await _exchange(
+                port,
+                b"POST /broken HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nok",
+                until=b"\r\n\r\nok",
+            )
+            assert broken.startswith(b"HTTP/1.1 200 OK")
+            assert SEEN == ["/a", "/slow", "/refuse-later", "/broken"]
 
     run(scenario())
