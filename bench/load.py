@@ -471,6 +471,8 @@ def fairness(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
     alone: list[Point] = []
     loaded: list[Point] = []
     floods: list[tuple[float, float]] = []
+    server_cpu: list[tuple[float, float]] = []
+    """Per flooded round: the server's cores in use, and its CPU seconds per call."""
     try:
         victim = token(server.url, setup.clients["demo"])
         flooder = token(server.url, setup.clients["flood"])
@@ -510,6 +512,7 @@ def fairness(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.rounds):
             alone.append(paced("alone"))
             with tempfile.TemporaryFile() as out:
+                cpu_before, started = tree_cpu(server.process.pid), time.monotonic()
                 flood = subprocess.Popen(  # noqa: S603 - our own interpreter and this file
                     [
                         sys.executable,
@@ -526,9 +529,13 @@ def fairness(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(1)
                 loaded.append(paced("flooded"))
                 flood.wait()
+                cpu = tree_cpu(server.process.pid) - cpu_before
+                elapsed = time.monotonic() - started
                 out.seek(0)
                 sent, refused = (float(v) for v in out.read().decode().split())
                 floods.append((sent, refused))
+                calls = sent * (args.seconds + 2) + loaded[-1].rate * args.seconds
+                server_cpu.append((cpu / elapsed, cpu / calls))
     finally:
         server.stop()
     result: dict[str, Any] = {
@@ -548,6 +555,8 @@ def fairness(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
         "p99_alone_each_ms": [point.p99_ms for point in alone],
         "p99_flooded_each_ms": [point.p99_ms for point in loaded],
         "victim_failed": sum(point.failed for point in alone + loaded),
+        "server_cores_flooded": statistics.median(cores for cores, _ in server_cpu),
+        "server_us_per_call_flooded": statistics.median(each for _, each in server_cpu) * 1e6,
     }
     print(
         f"fairness: limit {limit:g}/s; flooder sent {result['flood_rate']:.0f} req/s "
@@ -556,10 +565,34 @@ def fairness(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
         f"{result['p99_alone_ms']:.2f} ms alone -> {result['p99_flooded_ms']:.2f} ms flooded "
         f"({result['p99_flooded_ms'] / result['p99_alone_ms'] - 1:+.0%}); rounds alone "
         f"{_ms(result['p99_alone_each_ms'])}, flooded {_ms(result['p99_flooded_each_ms'])}; "
-        f"victim failures {result['victim_failed']}",
+        f"victim failures {result['victim_failed']}; server CPU during the flood "
+        f"{result['server_cores_flooded']:.2f} cores, "
+        f"{result['server_us_per_call_flooded']:.0f} us per call",
         flush=True,
     )
     return result
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by ``root`` and its live descendants."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += used.get(pid, 0.0)
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return total
 
 
 def _ms(values: list[float]) -> str:
@@ -660,6 +693,12 @@ def write_docs(results: dict[str, Any]) -> None:
                 f"flooded) {fair['p99_alone_ms']:.2f} ms alone, {fair['p99_flooded_ms']:.2f} ms "
                 f"during the flood ({change:+.0%}); p50 {fair['p50_alone_ms']:.2f} -> "
                 f"{fair['p50_flooded_ms']:.2f} ms; {fair['victim_failed']} failed calls for demo."
+                + (
+                    f" The server used {fair['server_cores_flooded']:.2f} cores during the flood, "
+                    f"{fair['server_us_per_call_flooded']:.0f} us of CPU per call."
+                    if "server_cores_flooded" in fair
+                    else ""
+                )
             ),
         ]
     lines += ["", marker_end]
