@@ -15,7 +15,8 @@ from storage.errors import (
     NotFound,
     StorageError,
 )
-from storage.registry import ModelInfo, ModelVersionInfo, Registry, TenantInfo
+from storage.records import ModelInfo, ModelVersionInfo, TenantInfo
+from storage.registry import Registry
 
 __all__ = [
     "BatchSettings",

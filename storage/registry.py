@@ -9,28 +9,35 @@ the scope.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from storage.audit import Actor, AuditLog
-from storage.batching import BatchSettings
 from storage.crypto.envelope import open_segments, seal_segments
 from storage.db import unit_of_work
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.keys import KeyHierarchy, segment_aad_fields
 from storage.models import ModelVersion, SealedSegment, Tenant, TenantKey
+from storage.records import (
+    ModelInfo,
+    ModelVersionInfo,
+    TenantInfo,
+    batching_of,
+    store_batching,
+    tenant_info,
+    version_info,
+)
 from storage.repositories import VERSION_NOT_FOUND, TenantRepository
 from storage.streams import COMPRESSIONS, HashingReader, decoded_chunks, plaintext_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from datetime import datetime
 
     from sqlalchemy.orm import Session, sessionmaker
 
+    from storage.batching import BatchSettings
     from storage.crypto.master import MasterKeyRing
     from storage.models import Model
 
@@ -41,95 +48,10 @@ LABEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 TENANT_NOT_FOUND = "tenant '{name}' not found"
 
 
-@dataclass(frozen=True)
-class TenantInfo:
-    """A tenant as callers see it."""
-
-    id: str
-    name: str
-    state: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class ModelVersionInfo:
-    """A model version as callers see it: everything but the bytes."""
-
-    id: str
-    tenant_id: str
-    model_id: str
-    model_name: str
-    version: int
-    state: str
-    format: str
-    signature: dict[str, Any]
-    size_plain: int
-    size_stored: int
-    sha256: str
-    compression: str
-    created_at: datetime
-    labels: tuple[str, ...] = ()
-    report: dict[str, Any] | None = None
-    batching: BatchSettings | None = None
-    """The version's own batching settings; ``None``: the server's defaults."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A model with its versions and labels."""
-
-    id: str
-    name: str
-    created_at: datetime
-    versions: tuple[ModelVersionInfo, ...] = ()
-    labels: dict[str, int] = field(default_factory=dict)
-
-
 def _check(pattern: re.Pattern[str], value: str, what: str) -> None:
     if not pattern.fullmatch(value):
         msg = f"invalid {what} {value!r}: expected {pattern.pattern}"
         raise InvalidInput(msg)
-
-
-def _tenant_info(row: Tenant) -> TenantInfo:
-    return TenantInfo(id=row.id, name=row.name, state=row.state, created_at=row.created_at)
-
-
-def _version_info(row: ModelVersion, model: Model, labels: dict[str, int]) -> ModelVersionInfo:
-    return ModelVersionInfo(
-        id=row.id,
-        tenant_id=row.tenant_id,
-        model_id=row.model_id,
-        model_name=model.name,
-        version=row.version,
-        state=row.state,
-        format=row.format,
-        signature=row.signature,
-        size_plain=row.size_plain,
-        size_stored=row.size_stored,
-        sha256=row.sha256,
-        compression=row.compression,
-        created_at=row.created_at,
-        labels=tuple(sorted(name for name, number in labels.items() if number == row.version)),
-        report=row.report,
-        batching=_batching_of(row),
-    )
-
-
-def _batching_of(row: ModelVersion) -> BatchSettings | None:
-    settings = BatchSettings(
-        enabled=row.batch_enabled,
-        max_batch_size=row.batch_max_size,
-        max_queue_delay_ms=row.batch_max_delay_ms,
-    )
-    return None if settings.is_default else settings
-
-
-def _store_batching(row: ModelVersion, settings: BatchSettings | None) -> None:
-    settings = settings or BatchSettings()
-    row.batch_enabled = settings.enabled
-    row.batch_max_size = settings.max_batch_size
-    row.batch_max_delay_ms = settings.max_queue_delay_ms
 
 
 class Registry:
@@ -166,7 +88,7 @@ class Registry:
                 self.audit.append_action(
                     session, actor, "tenant.create", f"tenant:{name}", tenant.id
                 )
-                return _tenant_info(tenant)
+                return tenant_info(tenant)
         except IntegrityError:
             msg = f"tenant '{name}' already exists"
             raise Conflict(msg) from None
@@ -174,7 +96,7 @@ class Registry:
     def get_tenant(self, name: str) -> TenantInfo:
         """A tenant by name."""
         with unit_of_work(self._sessions) as session:
-            return _tenant_info(self._tenant_by_name(session, name))
+            return tenant_info(self._tenant_by_name(session, name))
 
     def get_tenant_by_id(self, tenant_id: str) -> TenantInfo:
         """A tenant by id (what tokens carry)."""
@@ -182,13 +104,13 @@ class Registry:
             row = session.get(Tenant, tenant_id)
             if row is None:
                 raise NotFound(TENANT_NOT_FOUND.format(name=tenant_id))
-            return _tenant_info(row)
+            return tenant_info(row)
 
     def list_tenants(self) -> list[TenantInfo]:
         """Every tenant, by name."""
         with unit_of_work(self._sessions) as session:
             rows = session.scalars(select(Tenant).order_by(Tenant.name))
-            return [_tenant_info(row) for row in rows]
+            return [tenant_info(row) for row in rows]
 
     def set_tenant_state(self, name: str, state: str, *, actor: Actor | None = None) -> TenantInfo:
         """Suspend (``suspended``) or reinstate (``active``) a tenant."""
@@ -200,7 +122,7 @@ class Registry:
             row.state = state
             action = "tenant.suspend" if state == "suspended" else "tenant.resume"
             self.audit.append_action(session, actor, action, f"tenant:{name}", row.id)
-            return _tenant_info(row)
+            return tenant_info(row)
 
     def delete_tenant(self, name: str, *, actor: Actor | None = None) -> None:
         """Delete a tenant: its keys first, then every row it owns.
@@ -279,7 +201,7 @@ class Registry:
                     segment_size=self._segment_size,
                     segment_count=0,
                 )
-                _store_batching(version, batching)
+                store_batching(version, batching)
                 session.add(version)
                 session.flush()
                 key, key_row = self._keys.new_data_key(repo, version)
@@ -299,7 +221,7 @@ class Registry:
                         **({"batching": batching.to_dict()} if batching else {}),
                     },
                 )
-                info = _version_info(version, model, {})
+                info = version_info(version, model, {})
                 if then is not None:
                     then(session, info)
                 return info
@@ -352,7 +274,7 @@ class Registry:
     @staticmethod
     def _model_info(repo: TenantRepository, model: Model) -> ModelInfo:
         labels = repo.labels_of(model)
-        versions = tuple(_version_info(v, model, labels) for v in repo.list_versions(model))
+        versions = tuple(version_info(v, model, labels) for v in repo.list_versions(model))
         return ModelInfo(
             id=model.id,
             name=model.name,
@@ -369,7 +291,7 @@ class Registry:
             repo = TenantRepository(session, tenant_id)
             model = repo.get_model(model_name)
             row = self._resolve_row(repo, model, ref)
-            return _version_info(row, model, repo.labels_of(model))
+            return version_info(row, model, repo.labels_of(model))
 
     @staticmethod
     def _resolve_row(repo: TenantRepository, model: Model, ref: int | str | None) -> ModelVersion:
@@ -436,9 +358,9 @@ class Registry:
             repo = TenantRepository(session, tenant_id)
             model = repo.get_model(model_name)
             row = repo.get_version(model, version)
-            before = _batching_of(row)
-            _store_batching(row, batching)
-            after = _batching_of(row)
+            before = batching_of(row)
+            store_batching(row, batching)
+            after = batching_of(row)
             self.audit.append_action(
                 session,
                 actor,
@@ -451,12 +373,12 @@ class Registry:
                 },
             )
             session.flush()
-            return _version_info(row, model, repo.labels_of(model))
+            return version_info(row, model, repo.labels_of(model))
 
     def version_batching(self, tenant_id: str, version_id: str) -> BatchSettings | None:
         """A version's batching settings by its id, inside one tenant (what a worker reads)."""
         with unit_of_work(self._sessions) as session:
-            return _batching_of(TenantRepository(session, tenant_id).get_version_by_id(version_id))
+            return batching_of(TenantRepository(session, tenant_id).get_version_by_id(version_id))
 
     def delete_version(
         self, tenant_id: str, model_name: str, version: int, *, actor: Actor | None = None
