@@ -174,8 +174,8 @@ class InferenceFastPath:
         Called by the HTTP protocol (``server.rest.protocol``) as soon as a
         request's headers are parsed, before any task, body or ASGI message
         exists for it: a tenant flooding the server far over its rate limit
-        then costs the other tenants' calls on this event loop as little as
-        possible. Anything else (another route, a token that does not verify,
+        then takes less of the event loop that the other tenants' calls
+        share. Anything else (another route, a token that does not verify,
         a tenant within its limits) is ``None``, and the request goes the
         ordinary way, which checks everything again. Only runs while some
         tenant was refused a moment ago, so normal traffic pays one clock read.
