@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.service.errors import Overloaded
-from server.service.limits import SharedTenantTable, TenantLimits
+from server.service.limits import REFUSING_SECONDS, SharedTenantTable, TenantLimits
 
 
 class Clock:
@@ -28,6 +28,25 @@ def test_no_limits_means_disabled() -> None:
     assert not TenantLimits().enabled
     assert TenantLimits(rate=1).enabled
     assert TenantLimits(max_concurrency=1).enabled
+
+
+def test_refusing_is_true_only_for_a_while_after_a_refusal() -> None:
+    """``refusing`` (what gates the early 429) follows refusals, of either kind, and lapses."""
+    clock = Clock()
+    # One token every two seconds: still none when ``refusing`` has lapsed.
+    limits = TenantLimits(max_concurrency=1, rate=0.5, burst=1, clock=clock)
+    assert not limits.refusing()
+    limits.acquire("a")
+    assert not limits.refusing()  # admitted calls do not turn it on
+    with pytest.raises(Overloaded):
+        limits.acquire("a")  # the concurrency cap
+    assert limits.refusing()
+    clock.now += REFUSING_SECONDS
+    assert not limits.refusing()
+    limits.release("a")
+    with pytest.raises(Overloaded):
+        limits.check("a")  # the empty bucket, through the head-only check
+    assert limits.refusing()
 
 
 def test_concurrency_cap_is_per_tenant_and_freed_on_release() -> None:
