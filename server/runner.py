@@ -162,6 +162,7 @@ class Gateway:
             lifespan="off",
             http=with_early_answers(fastpath.refuse_now),
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+            timeout_keep_alive=settings.http_keepalive_seconds,
         )
         self.http = _UvicornServer(config)
         self.stopping = asyncio.Event()

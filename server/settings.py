@@ -88,6 +88,16 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """How long in-flight calls get to finish after SIGTERM."""
 
+    http_keepalive_seconds: int = Field(default=75, ge=1)
+    """How long an idle REST connection is kept open for its client's next request.
+
+    Longer than the idle time after which clients and load balancers stop
+    reusing a pooled connection (httpx 5 s, aiohttp 15 s, nginx upstreams and
+    AWS load balancers 60 s), so it is they that end an idle connection. A
+    server that ends it first races their next request on it, which then fails
+    with a connection reset (uvicorn's default, 5 s, is exactly httpx's).
+    """
+
     max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     """Largest model upload, enforced while the upload streams."""
 

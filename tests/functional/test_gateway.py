@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 
 import grpc
 import httpx
@@ -51,6 +53,22 @@ def test_unknown_route_is_a_json_404(server) -> None:
     body = reply.json()
     assert set(body) == {"error", "code", "request_id"}
     assert body["code"] == "not_found"
+
+
+def test_an_idle_connection_outlives_the_clients_pool_expiry(server) -> None:
+    """A connection idle for longer than httpx's pool keeps it (5 s) still serves.
+
+    The server must not be the side that ends an idle connection, or a
+    client's next request can meet it closing and fail with a reset.
+    """
+    running, _ = server
+    request = b"GET /v2/health/live HTTP/1.1\r\nhost: sealserve\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", running.rest_port), timeout=5) as sock:
+        sock.sendall(request)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+        time.sleep(5.5)
+        sock.sendall(request)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
 
 
 def test_metrics_count_requests(server) -> None:
