@@ -42,11 +42,13 @@ MAX_SOCKET_PATH = 100
 
 CHANNEL_OPTIONS = [
     *GRPC_OPTIONS,
-    # A restarted worker is back within a second; do not wait out gRPC's
-    # default reconnect backoff (1 s doubling to 120 s) to notice.
+    # Notice a starting worker as soon as it listens. Connecting to a Unix
+    # socket that is not there yet costs microseconds, so retry every 50-100 ms:
+    # gRPC's default (1 s doubling to 120 s), or even a 1 s cap, left a worker
+    # that was up idle for up to a second, at every start and every restart.
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", 100),
 ]
 
 
