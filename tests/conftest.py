@@ -34,12 +34,21 @@ def postgres_admin_url() -> str | None:
 
 
 def create_postgres_database() -> str:
-    """Create a fresh, uniquely named database and return its URL."""
+    """Create a fresh, uniquely named database and return its URL.
+
+    Its commits do not wait for the WAL to reach the disk
+    (``synchronous_commit = off``): locking, isolation and what a committed
+    transaction shows are unchanged, and only a crash of the PostgreSQL
+    server could lose the last commits, of a database dropped after the run
+    anyway. A disk flush per commit was a fifth of the 8 x 1,000 concurrent
+    audit writers' time (27 s, 22 s without).
+    """
     admin_url = normalize_url(postgres_admin_url() or "")
     name = f"sealserve_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
     admin.dispose()
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
