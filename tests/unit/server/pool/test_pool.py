@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pytest
 
-from server.pool import pool as pool_module
+from server.pool import supervision
 from server.pool.pool import WorkerPool
 from server.pool.process import settings_for_worker
 from server.pool.status import WorkerState, WorkerStatus
@@ -316,9 +316,9 @@ def test_hung_worker_is_killed_and_replaced(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker that stops answering Ping (SIGSTOP) is killed and a new one started."""
-    monkeypatch.setattr(pool_module, "PING_INTERVAL", 0.1)
-    monkeypatch.setattr(pool_module, "PING_TIMEOUT", 0.2)
-    monkeypatch.setattr(pool_module, "PING_FAILURES", 2)
+    monkeypatch.setattr(supervision, "PING_INTERVAL", 0.1)
+    monkeypatch.setattr(supervision, "PING_TIMEOUT", 0.2)
+    monkeypatch.setattr(supervision, "PING_FAILURES", 2)
 
     async def scenario() -> tuple[int, WorkerStatus]:
         async with own_pool(served.sealed, served.socket_root / "hung", 1) as pool:
