@@ -1,0 +1,205 @@
+"""The HTTP and gRPC ceilings the worker-pool issue set its targets against.
+
+    .venv/bin/python bench/ceilings.py             # 8 s per point
+
+Issue 7 measured, on "this machine", a bare ASGI app on uvicorn (httptools,
+uvloop) that parses the V2 body with orjson and answers JSON, with no model
+and no authentication, and a bare ``grpc.aio`` unary handler; its targets
+for sealserve stand on those figures. Machines differ from day to day by 2x,
+so this script measures both ceilings here, with the load generators and
+settings ``bench/load.py`` uses (``wrk`` with 2 threads and 64 connections;
+``h2load`` with 16 connections of 4 streams), to tell how today's machine
+compares with the issue's before reading ``bench/load.py``'s figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from load import grpc_frame, v2_json, wrk
+
+ISSUE = {"asgi": (32_000, 48_000), "grpc": (6_000, 6_500)}
+"""The issue's figures for one and two processes (req/s)."""
+
+BARE_ASGI = """
+import numpy as np
+import orjson
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    request = orjson.loads(body)
+    x = np.asarray(request["inputs"][0]["data"], dtype=np.float32)
+    data = x.ravel()[:10].tolist()
+    answer = orjson.dumps(
+        {"outputs": [{"name": "out", "datatype": "FP32", "shape": [1, 10], "data": data}]}
+    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+"""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float = 30) -> None:
+    """Return once something accepts connections on ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            time.sleep(0.1)
+        else:
+            return
+    msg = f"nothing listens on port {port} after {timeout:g} s"
+    raise SystemExit(msg)
+
+
+def bare_asgi(processes: int, seconds: float) -> float:
+    """Requests/s of the bare ASGI app in ``processes`` uvicorn workers."""
+    port = free_port()
+    body = v2_json("digits", np.full((1, 64), 0.5, np.float32))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "bare_app.py").write_text(BARE_ASGI)
+        server = subprocess.Popen(  # noqa: S603 - fixed arguments
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bare_app:app",
+                "--app-dir",
+                tmp,
+                "--port",
+                str(port),
+                "--workers",
+                str(processes),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ]
+        )
+        try:
+            wait_listening(port)
+            time.sleep(1)  # every worker process up, not only the first
+            point = wrk(f"http://127.0.0.1:{port}", body, "-", connections=64, seconds=seconds)
+        finally:
+            server.terminate()
+            server.wait(30)
+    if point.failed:
+        msg = f"{point.failed} failed requests against the bare ASGI app"
+        raise SystemExit(msg)
+    return point.rate
+
+
+async def _grpc_server(port: int) -> None:
+    import grpc  # noqa: PLC0415 - only the server process needs it
+
+    async def infer(request: bytes, context: object) -> bytes:
+        del request, context
+        return b""
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)},
+    )
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def bare_grpc(processes: int, seconds: float) -> float:
+    """Calls/s of a bare ``grpc.aio`` unary handler in ``processes`` processes on one port."""
+    port = free_port()
+    servers = [
+        subprocess.Popen([sys.executable, __file__, "--grpc-server", str(port)])  # noqa: S603
+        for _ in range(processes)
+    ]
+    try:
+        wait_listening(port)
+        time.sleep(1)
+        with tempfile.TemporaryDirectory() as tmp:
+            frame = Path(tmp) / "frame"
+            frame.write_bytes(grpc_frame("digits", np.full((1, 64), 0.5, np.float32)))
+            result = subprocess.run(  # noqa: S603 - fixed arguments
+                [  # noqa: S607 - h2load from the system
+                    "h2load",
+                    *("-D", f"{seconds:g}", "-c", "16", "-m", "4", "-t", "2"),
+                    *("-d", str(frame), "-H", "content-type: application/grpc"),
+                    *("-H", "te: trailers"),
+                    f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(30)
+    rate = re.search(r"finished in [0-9.]+m?s, ([0-9.]+) req/s", result.stdout)
+    failed = re.search(r"requests: .* (\d+) failed, (\d+) errored", result.stdout)
+    if rate is None or failed is None or int(failed.group(1)) or int(failed.group(2)):
+        msg = f"h2load against the bare gRPC server did not finish cleanly:\n{result.stdout}"
+        raise SystemExit(msg)
+    return float(rate.group(1))
+
+
+def main() -> None:
+    """Measure both ceilings with one and two processes and print them beside the issue's."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each point")
+    parser.add_argument("--grpc-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.grpc_server:
+        import uvloop  # noqa: PLC0415 - only the server process needs it
+
+        uvloop.run(_grpc_server(args.grpc_server))
+        return
+    rows = []
+    for kind, measure in (("asgi", bare_asgi), ("grpc", bare_grpc)):
+        for processes in (1, 2):
+            rate = measure(processes, args.seconds)
+            issue = ISSUE[kind][processes - 1]
+            rows.append((kind, processes, rate, issue))
+            print(
+                f"bare {kind:4} {processes} process(es): {rate:8.0f} req/s "
+                f"(the issue's: {issue}, {rate / issue:.0%})"
+            )
+    print("\n| ceiling | processes | req/s here | the issue's | here / issue |")
+    print("|---|---|---|---|---|")
+    for kind, processes, rate, issue in rows:
+        name = (
+            "bare ASGI (uvicorn, httptools, uvloop, orjson)" if kind == "asgi" else "bare grpc.aio"
+        )
+        print(f"| {name} | {processes} | {rate:,.0f} | {issue:,} | {rate / issue:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
