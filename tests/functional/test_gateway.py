@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
 import json
-import socket
 import time
 
 import grpc
@@ -62,13 +62,22 @@ def test_an_idle_connection_outlives_the_clients_pool_expiry(server) -> None:
     client's next request can meet it closing and fail with a reset.
     """
     running, _ = server
-    request = b"GET /v2/health/live HTTP/1.1\r\nhost: sealserve\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", running.rest_port), timeout=5) as sock:
-        sock.sendall(request)
-        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+    connection = http.client.HTTPConnection("127.0.0.1", running.rest_port, timeout=5)
+    try:
+        connection.request("GET", "/v2/health/live")
+        first = connection.getresponse()
+        first.read()
+        assert first.status == 200
+        socket_before = connection.sock
         time.sleep(5.5)
-        sock.sendall(request)
-        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+        # On a connection the server had closed this raises RemoteDisconnected.
+        connection.request("GET", "/v2/health/live")
+        second = connection.getresponse()
+        second.read()
+        assert second.status == 200
+        assert connection.sock is socket_before  # the same connection, not a new one
+    finally:
+        connection.close()
 
 
 def test_metrics_count_requests(server) -> None:
