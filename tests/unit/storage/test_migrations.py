@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
+import migrations
 from server import schema
 from storage import make_engine
 from storage.db import Base
@@ -43,5 +46,25 @@ def test_upgrade_from_empty_matches_orm_and_downgrade_to_base(empty_url: str) ->
         assert schema.current_revision(engine) is None
         remaining = set(inspect(engine).get_table_names()) - {"alembic_version"}
         assert remaining == set()
+    finally:
+        engine.dispose()
+
+
+def test_the_recorded_head_is_the_revision_files_head() -> None:
+    """``migrations.HEAD``, which every start checks databases against, is Alembic's head."""
+    config = Config()
+    config.set_main_option("script_location", schema.SCRIPT_LOCATION)
+    assert ScriptDirectory.from_config(config).get_current_head() == migrations.HEAD
+
+
+def test_a_database_one_revision_behind_is_not_current(tmp_path) -> None:
+    """The check reads the database's own revision, not only whether it was migrated."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'behind.db'}")
+    try:
+        schema.upgrade(engine, "0004")
+        assert schema.current_revision(engine) == "0004"
+        assert not schema.is_current(engine)
+        schema.upgrade(engine)
+        assert schema.current_revision(engine) == migrations.HEAD
     finally:
         engine.dispose()
