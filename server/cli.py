@@ -27,6 +27,7 @@ from server.bootstrap import Container, Services, build_container, build_service
 from server.cli_audit import app as audit_app
 from server.cli_keys import register as register_key_commands
 from server.cli_models import app as models_app
+from server.cli_push import register as register_push_command
 from server.demo.setup import DemoClient, ensure_demo, how_to_call
 from server.errors import StartupError
 from server.logs import configure_logging
@@ -401,6 +402,7 @@ def keys_rotate_signing(as_json: JsonFlag = False) -> None:
 
 
 register_key_commands(keys_app)
+register_push_command(models_app)
 
 
 def main() -> None:
