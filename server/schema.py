@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 SCRIPT_LOCATION = str(Path(migrations.__file__).parent)
-VERSION_TABLE = "alembic_version"
-"""Where Alembic keeps a database's revision (its default name)."""
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -60,7 +58,8 @@ def head_revision(engine: Engine) -> str:
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (``None`` when never migrated)."""
     with engine.connect() as connection:
-        if not inspect(connection).has_table(VERSION_TABLE):
+        # Alembic keeps a database's revision in this table (its default name).
+        if not inspect(connection).has_table("alembic_version"):
             return None
         rows = connection.execute(text("SELECT version_num FROM alembic_version")).all()
     # One row on a linear history; an empty table is a database downgraded to base.
