@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     jobs_threads: int = Field(default=0, ge=0)
     """CPU threads each job's TensorFlow may use; 0 lets TensorFlow choose."""
 
+    jobs_memory_mb: int = Field(default=8192, ge=0)
+    """Most resident memory (MiB) one job process may hold; past it, it is killed. 0: no limit."""
+
     jobs_stale_seconds: float = Field(default=30.0, ge=1)
     """A running job without a heartbeat for this long is failed (its gateway died)."""
 

@@ -1,9 +1,12 @@
-"""Run one job process and follow it: progress events in, a verdict out, a time limit enforced.
+"""Run one job process and follow it: progress events in, a verdict out, limits enforced.
 
 The process gets an environment built from scratch (no ``SEALSERVE_*``
 variable, so no master key or database URL, whatever the gateway was given),
 its own session (so the whole process group can be killed), and its job
-directory as working directory, ``HOME`` and ``TMPDIR``.
+directory as working directory, ``HOME`` and ``TMPDIR``. It is killed past
+its time limit, and past its memory limit: its resident memory is read from
+``/proc`` twice a second (an address-space rlimit would not do: TensorFlow
+reserves far more address space than it ever touches).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -38,6 +42,7 @@ _INHERITED = (
     "LD_LIBRARY_PATH",
 )
 _EVENT_LINE_LIMIT = 64 * 1024
+MEMORY_POLL_SECONDS = 0.5
 _STDERR_TAIL = 4000
 MESSAGE_LIMIT = 1000
 
@@ -80,6 +85,29 @@ def _kill(process: asyncio.subprocess.Process) -> None:
     # The job runs in its own session: its group id is its pid.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def resident_bytes(pid: int) -> int | None:
+    """The resident memory of process ``pid`` (``None`` once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as handle:  # noqa: PTH123 - procfs
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+async def _over_memory(process: asyncio.subprocess.Process, limit: int) -> int:
+    """Return the resident bytes seen once ``process`` holds more than ``limit``."""
+    while True:
+        await asyncio.sleep(MEMORY_POLL_SECONDS)
+        resident = resident_bytes(process.pid)
+        if resident is not None and resident > limit:
+            return resident
+
+
+def _kill_unless_cancelled(process: asyncio.subprocess.Process, watch: asyncio.Task[int]) -> None:
+    if not watch.cancelled():
+        _kill(process)
 
 
 def _stderr_tail(directory: JobDirectory) -> str:
@@ -138,11 +166,13 @@ async def run_job_process(
     timeout: float,
     threads: int,
     on_progress: Callable[[str, float], Awaitable[None]],
+    memory_limit: int = 0,
 ) -> Outcome:
     """Start ``python -m server.jobs.worker`` on ``directory`` and wait for its verdict.
 
-    Past ``timeout`` seconds, or when the caller is cancelled (the gateway is
-    stopping), the whole process group is killed.
+    Past ``timeout`` seconds, past ``memory_limit`` resident bytes (0: no
+    limit), or when the caller is cancelled (the gateway is stopping), the
+    whole process group is killed.
     """
     with directory.stderr.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
@@ -159,6 +189,9 @@ async def run_job_process(
             limit=_EVENT_LINE_LIMIT,
         )
     assert process.stdout is not None  # noqa: S101 - asked for a pipe above
+    memory = asyncio.create_task(_over_memory(process, memory_limit)) if memory_limit else None
+    if memory is not None:  # over the limit: kill at once, the reading loop below then ends
+        memory.add_done_callback(partial(_kill_unless_cancelled, process))
     try:
         async with asyncio.timeout(timeout):
             final = await _follow(process.stdout, on_progress, directory)
@@ -176,6 +209,16 @@ async def run_job_process(
         with contextlib.suppress(Exception):
             await asyncio.shield(process.wait())
         raise
+    finally:
+        if memory is not None and not memory.done():
+            memory.cancel()
+    if memory is not None and memory.done() and not memory.cancelled():
+        mib = memory_limit / (1024 * 1024)
+        return Outcome(
+            ok=False,
+            error=f"the job used more memory than its limit of {mib:g} MiB",
+            detail=f"resident {memory.result()} bytes",
+        )
     verdict = _verdict(final, code, directory)
     if not verdict.ok:
         log.info("job process failed", job_id=directory.job_id, code=code, detail=verdict.detail)

@@ -263,6 +263,7 @@ class JobSupervisor:
                 directory,
                 timeout=self._settings.jobs_timeout_seconds,
                 threads=self._settings.jobs_threads,
+                memory_limit=self._settings.jobs_memory_mb * 1024 * 1024,
                 on_progress=self._progress(job.id),
             )
             if outcome.ok:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from datetime import timedelta
 
@@ -12,7 +13,7 @@ from sqlalchemy import update
 
 from compress import _tf
 from server.jobs.layout import JobDirectory
-from server.jobs.process import job_environment
+from server.jobs.process import job_environment, resident_bytes
 from storage import make_session_factory, unit_of_work
 from storage.models import Job
 from storage.types import utcnow
@@ -149,3 +150,28 @@ def test_the_job_process_environment_holds_no_secret(intake, monkeypatch) -> Non
     assert not [name for name in env if name.startswith("SEALSERVE_") or "SECRET" in name]
     assert env["HOME"] == env["TMPDIR"] == str(directory.home)
     assert env["TF_NUM_INTRAOP_THREADS"] == "2"
+
+
+def test_a_job_over_its_memory_limit_is_killed_and_failed(make_intake, tmp_path) -> None:
+    """Past ``jobs_memory_mb`` resident, the process group is killed; the job says why."""
+    intake = make_intake(jobs_memory_mb=200)  # importing TensorFlow alone takes over 500 MiB
+    keras = _tf.keras()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.save(tmp_path / "small.keras")
+    job = _queue(intake, {"model": ("m.keras", (tmp_path / "small.keras").read_bytes())})
+    tenant = intake.principal.tenant_id
+    done = _run_supervised(intake, lambda: (j := intake.store.get(tenant, job.id)).finished and j)
+    assert done.state == "failed"
+    assert done.error == "the job used more memory than its limit of 200 MiB"
+    assert done.version is None
+    assert not (intake.staging / job.id).exists()
+
+
+def test_resident_bytes_reads_a_live_process_and_none_for_a_gone_one() -> None:
+    """The memory reading the limit rests on: this process's, then a reaped child's."""
+    mine = resident_bytes(os.getpid())
+    assert mine is not None
+    assert 10 * 1024 * 1024 < mine < 64 * 1024 * 1024 * 1024
+    child = subprocess.Popen(["true"])  # noqa: S607 - coreutils
+    child.wait()
+    assert resident_bytes(child.pid) is None
