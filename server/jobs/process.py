@@ -214,12 +214,13 @@ async def run_job_process(
             memory.cancel()
     if memory is not None and memory.done() and not memory.cancelled():
         mib = memory_limit / (1024 * 1024)
-        return Outcome(
+        verdict = Outcome(
             ok=False,
             error=f"the job used more memory than its limit of {mib:g} MiB",
             detail=f"resident {memory.result()} bytes",
         )
-    verdict = _verdict(final, code, directory)
+    else:
+        verdict = _verdict(final, code, directory)
     if not verdict.ok:
         log.info("job process failed", job_id=directory.job_id, code=code, detail=verdict.detail)
     return verdict
