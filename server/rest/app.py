@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 
+from server.rest import openapi
 from server.rest.deps import enforce_policy
 from server.rest.errors import install_error_handlers
 from server.rest.middleware import RequestContextMiddleware
@@ -42,6 +43,7 @@ def create_app(
     app.state.container_health = health_service
     app.state.metrics = metrics
     install_error_handlers(app)
+    openapi.install(app)
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(tenants.router)

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.rest.deps import CurrentPrincipal, ServicesDep
+from server.rest.openapi import errors
 from server.rest.responses import json_response
 
-router = APIRouter(prefix="/admin/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/admin/v1/audit", tags=["audit"], responses=errors(400, 401, 403))
 
 
 @router.get("")

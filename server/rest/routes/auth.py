@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from auth import InvalidClient, OAuthError, UnsupportedGrantType
 from server.rest.deps import ServicesDep
+from server.rest.openapi import OAUTH, REVOKE, TOKEN
 from server.rest.responses import json_response
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ async def _form(request: Request) -> FormData:
     return await request.form(max_files=0, max_fields=16, max_part_size=8192)
 
 
-@router.post("/v1/auth/token")
+@router.post("/v1/auth/token", responses=OAUTH, openapi_extra=TOKEN)
 async def token(request: Request, services: ServicesDep) -> Response:
     """Exchange client credentials for a short-lived access token."""
     form = await _form(request)
@@ -71,7 +72,7 @@ async def token(request: Request, services: ServicesDep) -> Response:
     return json_response(issued.oauth_response(), headers=NO_STORE)
 
 
-@router.post("/v1/auth/revoke")
+@router.post("/v1/auth/revoke", responses=OAUTH, openapi_extra=REVOKE)
 async def revoke(request: Request, services: ServicesDep) -> Response:
     """RFC 7009: revoke one of the calling client's tokens (200 even if unknown)."""
     form = await _form(request)

@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from server.rest.errors import error_response
+from server.rest.openapi import errors
 
 router = APIRouter()
 
@@ -17,7 +18,7 @@ async def live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/v2/health/ready", tags=["health"])
+@router.get("/v2/health/ready", tags=["health"], responses=errors(503))
 async def ready(request: Request) -> Response:
     """The server can take traffic: database reachable and migrated, every gateway listening."""
     health = request.app.state.container_health

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from server.rest.deps import CurrentPrincipal, ServicesDep
+from server.rest.openapi import ADMIN
 from server.rest.responses import json_response
 from server.service.jobs import JobView, job_document
 
-router = APIRouter(prefix="/admin/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/admin/v1/jobs", tags=["jobs"], responses=ADMIN)
 
 
 @router.get("")

@@ -19,13 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from server.rest.body import spool_body, spool_form
 from server.rest.deps import CurrentPrincipal, ServicesDep
+from server.rest.openapi import ADMIN, UPLOAD, errors
 from server.rest.responses import json_response
 from server.service.errors import InvalidRequest
 from server.service.jobs import JobView, job_document
 from storage import BatchSettings
 from storage.batching import MAX_BATCH_SIZE, MAX_QUEUE_DELAY_MS
 
-router = APIRouter(prefix="/admin/v1/models", tags=["models"])
+router = APIRouter(prefix="/admin/v1/models", tags=["models"], responses=ADMIN)
 UPLOAD_TYPES = ("application/octet-stream", "application/x-tflite")
 FORM_TYPE = "multipart/form-data"
 
@@ -100,7 +101,7 @@ def _model(info: Any) -> dict[str, Any]:
     }
 
 
-@router.post("/{name}/versions", status_code=201)
+@router.post("/{name}/versions", status_code=201, responses=errors(413), openapi_extra=UPLOAD)
 async def upload(
     request: Request,
     name: str,

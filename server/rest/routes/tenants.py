@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from server.rest.deps import CurrentPrincipal, ServicesDep
+from server.rest.openapi import ADMIN, errors
 from server.rest.responses import json_response
 
-router = APIRouter(prefix="/admin/v1/tenants", tags=["tenants"])
+router = APIRouter(prefix="/admin/v1/tenants", tags=["tenants"], responses=ADMIN)
 
 
 class TenantCreate(BaseModel):
@@ -49,7 +50,7 @@ def _client(client: Any) -> dict[str, Any]:
     }
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=errors(409))
 async def create_tenant(
     body: TenantCreate, principal: CurrentPrincipal, services: ServicesDep
 ) -> Response:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from server.rest.body import read_body
 from server.rest.deps import CurrentPrincipal, InferenceDep
+from server.rest.openapi import INFERENCE, READ, TFS_PREDICT
 from server.rest.responses import json_response
 from server.rest.tfscodec import encode_predict, model_metadata, model_status, parse_predict
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from auth import Principal
     from server.service.inference import InferenceService
 
-router = APIRouter(prefix="/v1/models", tags=["tensorflow-serving"])
+router = APIRouter(prefix="/v1/models", tags=["tensorflow-serving"], responses=READ)
 
 
 async def run_predict(
@@ -49,7 +50,7 @@ async def _predict(
     return Response(content, media_type="application/json")
 
 
-@router.post("/{model}:predict")
+@router.post("/{model}:predict", responses=INFERENCE, openapi_extra=TFS_PREDICT)
 async def predict(
     request: Request, model: str, principal: CurrentPrincipal, inference: InferenceDep
 ) -> Response:
@@ -57,7 +58,7 @@ async def predict(
     return await _predict(request, principal, inference, model, None)
 
 
-@router.post("/{model}/versions/{version}:predict")
+@router.post("/{model}/versions/{version}:predict", responses=INFERENCE, openapi_extra=TFS_PREDICT)
 async def predict_version(
     request: Request,
     model: str,
@@ -69,7 +70,7 @@ async def predict_version(
     return await _predict(request, principal, inference, model, version)
 
 
-@router.post("/{model}/labels/{label}:predict")
+@router.post("/{model}/labels/{label}:predict", responses=INFERENCE, openapi_extra=TFS_PREDICT)
 async def predict_label(
     request: Request,
     model: str,

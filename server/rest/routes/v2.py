@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from server.rest.body import read_body
 from server.rest.deps import CurrentPrincipal, InferenceDep
 from server.rest.errors import error_response
+from server.rest.openapi import INFERENCE, READ, V2_INFER
 from server.rest.responses import json_response
 from server.rest.v2codec import HEADER_LENGTH, encode_response, parse_request
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from auth import Principal
     from server.service.inference import InferenceService
 
-router = APIRouter(tags=["inference"])
+router = APIRouter(tags=["inference"], responses=READ)
 
 
 @router.get("/v2")
@@ -120,7 +121,7 @@ async def _infer(
     )
 
 
-@router.post("/v2/models/{model}/infer")
+@router.post("/v2/models/{model}/infer", responses=INFERENCE, openapi_extra=V2_INFER)
 async def infer(
     request: Request, model: str, principal: CurrentPrincipal, inference: InferenceDep
 ) -> Response:
@@ -128,7 +129,9 @@ async def infer(
     return await _infer(request, principal, inference, model, None)
 
 
-@router.post("/v2/models/{model}/versions/{version}/infer")
+@router.post(
+    "/v2/models/{model}/versions/{version}/infer", responses=INFERENCE, openapi_extra=V2_INFER
+)
 async def infer_version(
     request: Request,
     model: str,
