@@ -212,7 +212,7 @@ def worker(
     clients with a certificate from SEALSERVE_WORKER_TLS_CA. Gateways list it
     in SEALSERVE_REMOTE_WORKERS.
     """
-    from server.pool.remote import TlsFilesError, TlsMaterial  # noqa: PLC0415 - see serve()
+    from server.pool.remote import TlsFiles, TlsFilesError  # noqa: PLC0415 - see serve()
     from server.pool.worker import serve as serve_worker  # noqa: PLC0415 - see serve()
 
     if not is_host_port(listen):
@@ -225,7 +225,7 @@ def worker(
             "SEALSERVE_WORKER_TLS_KEY and SEALSERVE_WORKER_TLS_CA"
         )
     try:
-        tls = TlsMaterial.read(files)
+        tls = TlsFiles(files)
     except TlsFilesError as exc:
         _fail(str(exc))
     configure_logging(level=settings.log_level, fmt=settings.log_format)

@@ -26,7 +26,7 @@ from server.errors import StartupError
 from server.grpc.server import GrpcGateway
 from server.metrics import Metrics
 from server.pool.pool import WorkerPool
-from server.pool.remote import TlsFilesError, TlsMaterial
+from server.pool.remote import TlsFiles, TlsFilesError
 from server.replicas import Replicas, all_listening, mark_listening
 from server.rest.app import create_app
 from server.rest.fastpath import InferenceFastPath
@@ -248,13 +248,13 @@ class Gateway:
         self.stopping.set()
 
 
-def _worker_tls(settings: Settings) -> TlsMaterial | None:
+def _worker_tls(settings: Settings) -> TlsFiles | None:
     """The gateway's side of mutual TLS with remote workers, when it has any."""
     files = settings.worker_tls_files
     if not settings.remote_workers or files is None:
         return None
     try:
-        return TlsMaterial.read(files)
+        return TlsFiles(files)
     except TlsFilesError as exc:
         raise StartupError(str(exc)) from None
 

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
-    from server.pool.remote import TlsMaterial
+    from server.pool.remote import TlsFiles
     from server.pool.status import WorkerStatus
     from server.service.types import ModelKey, Tensor
     from server.settings import Settings
@@ -72,7 +72,7 @@ class WorkerPool:
         workers: int,
         socket_dir: Path,
         remote: Sequence[str] = (),
-        tls: TlsMaterial | None = None,
+        tls: TlsFiles | None = None,
         balancer: Balancer | None = None,
         ready_timeout: float = 60.0,
     ) -> None:

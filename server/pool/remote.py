@@ -7,6 +7,11 @@ the worker accepts only clients whose certificate chains to its CA, and the
 gateway accepts only a worker whose certificate chains to its CA and names
 the host it dialled. There is no plaintext TCP mode.
 
+Certificates are renewed in place (cert-manager, a secret volume's symlink
+swap, a cron job), so neither end needs a restart for it: a worker looks at
+its files again at every TLS handshake, a gateway at every (re)connect, and
+connections already open keep the certificates they were made with.
+
 To the pool a ``RemoteWorker`` looks like a ``WorkerProcess`` it cannot
 start or stop: "spawning" opens the channel, "exited" means its connection
 failed (or pings went unanswered), and a restart is a reconnect with the
@@ -17,10 +22,18 @@ optimisation only.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from protos import worker_pb2_grpc
 from server.pool.process import WorkerStartError, ping_until_ready
@@ -29,6 +42,7 @@ from server.pool.worker import GRPC_OPTIONS
 if TYPE_CHECKING:
     from pathlib import Path
 
+log = structlog.get_logger(__name__)
 REMOTE_CHANNEL_OPTIONS = [
     *GRPC_OPTIONS,
     # Notice a worker host that went away without closing the connection.
@@ -68,18 +82,108 @@ class TlsMaterial:
                 msg = f"the worker TLS {what} {path} is not a PEM file"
                 raise TlsFilesError(msg)
             contents.append(data)
-        return cls(*contents)
+        material = cls(*contents)
+        material.check(files)
+        return material
 
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """A worker's: its certificate, and a client certificate required."""
-        return grpc.ssl_server_credentials(
-            [(self.key, self.certificate)], root_certificates=self.ca, require_client_auth=True
+    def check(self, files: tuple[Path, Path, Path]) -> None:
+        """Parse all three; ``TlsFilesError`` if one does not parse or the key is not the cert's.
+
+        A renewal writes the certificate and the key one after the other; in
+        between they do not match, and gRPC would fail every handshake.
+        """
+        cert_file, key_file, ca_file = files
+        try:
+            certificate = x509.load_pem_x509_certificate(self.certificate)
+        except ValueError:
+            msg = f"the worker TLS certificate {cert_file} is not a valid certificate"
+            raise TlsFilesError(msg) from None
+        try:
+            key = load_pem_private_key(self.key, password=None)
+        except (ValueError, TypeError):  # TypeError: the key is encrypted
+            msg = f"the worker TLS private key {key_file} is not an unencrypted private key"
+            raise TlsFilesError(msg) from None
+        try:
+            x509.load_pem_x509_certificates(self.ca)
+        except ValueError:
+            msg = f"the worker TLS CA certificate {ca_file} is not a valid certificate"
+            raise TlsFilesError(msg) from None
+        der = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        if key.public_key().public_bytes(*der) != certificate.public_key().public_bytes(*der):
+            msg = f"the worker TLS certificate {cert_file} is not for the private key {key_file}"
+            raise TlsFilesError(msg)
+
+    def server_configuration(self) -> grpc.ServerCertificateConfiguration:
+        """A worker's: its certificate, and the CA a client's must chain to."""
+        return grpc.ssl_server_certificate_configuration(
+            [(self.key, self.certificate)], root_certificates=self.ca
         )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """A gateway's: the CA that signs workers' certificates, and its own certificate."""
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca, private_key=self.key, certificate_chain=self.certificate
+        )
+
+
+class TlsFiles:
+    """One side's certificate, key and CA files, read again when they change.
+
+    ``current()`` compares the files' identity and times with the last
+    reading's (one ``stat`` each) and reads them only when those differ. New
+    files are taken once all three parse and the key is the certificate's;
+    until then the previous material stays in use and the problem is logged
+    once per change. Safe from any thread: gRPC asks from its own.
+    """
+
+    def __init__(self, files: tuple[Path, Path, Path]) -> None:
+        self.files = files
+        self._lock = threading.Lock()
+        self._seen = self._stamp()
+        self.material = TlsMaterial.read(files)
+        """What new connections use (``TlsFilesError`` at start if the files are bad)."""
+
+    def _stamp(self) -> tuple[tuple[int, ...] | None, ...]:
+        stamps: list[tuple[int, ...] | None] = []
+        for path in self.files:
+            try:
+                info = path.stat()  # follows a secret volume's symlinks to the real file
+            except OSError:
+                stamps.append(None)
+            else:
+                stamps.append((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+        return tuple(stamps)
+
+    def current(self) -> tuple[TlsMaterial, bool]:
+        """The material to use now, and whether it changed since the last call."""
+        with self._lock:
+            stamp = self._stamp()
+            if stamp == self._seen:
+                return self.material, False
+            self._seen = stamp
+            try:
+                material = TlsMaterial.read(self.files)
+            except TlsFilesError as exc:
+                log.warning(
+                    "worker TLS files changed but cannot be used; keeping the previous ones",
+                    reason=str(exc),
+                )
+                return self.material, False
+            if material == self.material:
+                return self.material, False
+            self.material = material
+        log.info("worker TLS files reloaded", certificate=str(self.files[0]))
+        return material, True
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """A worker's: a client certificate required, the files looked at on each handshake."""
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            material, changed = self.current()
+            return material.server_configuration() if changed else None
+
+        return grpc.dynamic_ssl_server_credentials(
+            self.material.server_configuration(), fetch, require_client_authentication=True
         )
 
 
@@ -92,10 +196,10 @@ class RemoteWorker:
     gone = "connection failed"
     """Why the pool marks it dead when ``exited()``."""
 
-    def __init__(self, *, index: int, address: str, tls: TlsMaterial) -> None:
+    def __init__(self, *, index: int, address: str, tls: TlsFiles) -> None:
         self.index = index
         self.address = address
-        self._credentials = tls.channel_credentials()
+        self._tls = tls
         self.channel: grpc.aio.Channel | None = None
         self.stub: worker_pb2_grpc.WorkerStub | None = None
         self.instance_id: str | None = None
@@ -106,10 +210,14 @@ class RemoteWorker:
         return self.stub
 
     def spawn(self, settings_line: bytes) -> None:
-        """Open the channel (the worker runs with its own settings; ``settings_line`` is unused)."""
+        """Open the channel with the TLS files as they are now.
+
+        The worker runs with its own settings; ``settings_line`` is unused.
+        """
         del settings_line
+        material, _ = self._tls.current()
         self.channel = grpc.aio.secure_channel(
-            self.address, self._credentials, REMOTE_CHANNEL_OPTIONS
+            self.address, material.channel_credentials(), REMOTE_CHANNEL_OPTIONS
         )
         self.stub = worker_pb2_grpc.WorkerStub(self.channel)
 

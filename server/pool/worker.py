@@ -39,7 +39,7 @@ from server.pool.worker_service import BatchPolicy, WorkerService
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from server.pool.remote import TlsMaterial
+    from server.pool.remote import TlsFiles
     from server.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -83,14 +83,14 @@ async def serve(
     settings: Settings,
     *,
     parent_lifeline: bool = False,
-    tls: TlsMaterial | None = None,
+    tls: TlsFiles | None = None,
     stop_on_interrupt: bool = False,
 ) -> None:
     """Serve until SIGTERM (or, with ``parent_lifeline``, until stdin closes).
 
     ``address`` is ``unix:PATH`` for a local worker (gRPC plus the framed
     connection beside it), or ``host:port`` with ``tls`` for a remote one
-    (gRPC only, clients must present a certificate from ``tls.ca``).
+    (gRPC only, clients must present a certificate from the CA in ``tls``).
     ``stop_on_interrupt``: SIGINT drains too (a worker run on its own, not by a pool).
     """
     from server.bootstrap import build_container  # noqa: PLC0415 - keeps `import` of this module light

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
+import ssl
 import subprocess
 import time
 from typing import TYPE_CHECKING
@@ -13,6 +15,8 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from protos import worker_pb2, worker_pb2_grpc
 from tests.digits import digits_test_split, in_process_probabilities
@@ -349,3 +353,121 @@ def test_calls_on_a_hung_remote_worker_are_retried_on_another(remote, tmp_path) 
         second.stop()
         for one in workers:
             one.stop()
+
+
+def _install(issued: Issued, files: tuple[Path, Path, Path], *, ca: bytes | None = None) -> None:
+    """Renew in place, as cert-manager or a cron job would: each file replaced atomically."""
+    contents = (issued.cert.read_bytes(), issued.key.read_bytes(), ca or issued.ca.read_bytes())
+    for path, data in zip(files, contents, strict=True):
+        staged = path.with_name(path.name + ".new")
+        staged.write_bytes(data)
+        staged.replace(path)
+
+
+def _presented(port: int, client: Issued, ca: bytes) -> str:
+    """The common name of the certificate the worker shows a new TLS connection."""
+    context = ssl.create_default_context(cadata=ca.decode())
+    context.load_cert_chain(client.cert, client.key)
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    name = x509.load_der_x509_certificate(der).subject
+    return str(name.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def _credentials(client: Issued, ca: bytes) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca,
+        private_key=client.key.read_bytes(),
+        certificate_chain=client.cert.read_bytes(),
+    )
+
+
+def test_renewed_certificates_and_a_new_ca_need_no_restart(tmp_path) -> None:
+    """Both ends take renewed files in place; a CA change goes through with no call lost.
+
+    The worker shows a renewed certificate to the next connection; once it
+    trusts only a new CA, the old CA's clients are refused; and the gateway,
+    given a certificate from the new CA, presents it when it next connects.
+    Neither process restarts for any of it (the worker's one restart below
+    is only there to make the gateway connect again).
+    """
+    old, new = (
+        Authority.create(tmp_path / "old", "old-ca"),
+        Authority.create(tmp_path / "new", "new-ca"),
+    )
+    worker_files = tuple(tmp_path / name for name in ("worker.crt", "worker.key", "worker-ca.crt"))
+    gateway_files = tuple(tmp_path / name for name in ("gw.crt", "gw.key", "gw-ca.crt"))
+    _install(old.issue("worker-1", server=True), worker_files)
+    _install(old.issue("gateway-1", server=False), gateway_files)
+    files_env = dict(
+        zip(
+            ("SEALSERVE_WORKER_TLS_CERT", "SEALSERVE_WORKER_TLS_KEY", "SEALSERVE_WORKER_TLS_CA"),
+            map(str, worker_files),
+            strict=True,
+        )
+    )
+    base = server_env(tmp_path, SEALSERVE_LOG_LEVEL="INFO")
+    cli("init", "--demo", env=base)
+    worker = RemoteWorkerProcess({**base, **files_env}, free_port(), tmp_path / "worker.log")
+    worker.start()
+    gateway = start_server(
+        {
+            **base,
+            "SEALSERVE_WORKER_TLS_CERT": str(gateway_files[0]),
+            "SEALSERVE_WORKER_TLS_KEY": str(gateway_files[1]),
+            "SEALSERVE_WORKER_TLS_CA": str(gateway_files[2]),
+            "SEALSERVE_WORKERS": "0",
+            "SEALSERVE_REMOTE_WORKERS": json.dumps([f"127.0.0.1:{worker.port}"]),
+        },
+        tmp_path / "gateway.log",
+    )
+    demo = json.loads((tmp_path / "demo-client.json").read_text())
+    token = token_for(gateway.url, demo["client_id"], demo["client_secret"])
+    x, _ = digits_test_split()
+    expected = in_process_probabilities()
+    old_ca, both = old.ca_file.read_bytes(), old.ca_file.read_bytes() + new.ca_file.read_bytes()
+    probe = old.issue("probe-old", server=False)
+    try:
+        np.testing.assert_allclose(
+            probabilities(infer(gateway.url, token, x[:2])), expected[:2], atol=1e-5
+        )
+        assert _presented(worker.port, probe, old_ca) == "worker-1"
+        assert worker.process is not None
+        worker_pid = worker.process.pid
+
+        # Renewal by the same CA: the next connection sees the new certificate.
+        _install(old.issue("worker-2", server=True), worker_files)
+        assert _presented(worker.port, probe, old_ca) == "worker-2"
+
+        # A new CA, step 1: the worker trusts both; a client of the new CA gets in.
+        _install(old.issue("worker-2b", server=True), worker_files, ca=both)
+        newcomer = new.issue("probe-new", server=False)
+        assert asyncio.run(_ping(worker.port, _credentials(newcomer, old_ca))) is grpc.StatusCode.OK
+        # Step 2: the gateway gets its certificate from the new CA (and trusts both).
+        _install(new.issue("gateway-2", server=False), gateway_files, ca=both)
+        # Step 3: the worker moves to the new CA for its own certificate and for clients.
+        _install(new.issue("worker-3", server=True), worker_files)
+        assert _presented(worker.port, newcomer, both) == "worker-3"
+        refused = asyncio.run(_ping(worker.port, _credentials(probe, both)))
+        assert refused is grpc.StatusCode.UNAVAILABLE
+        assert worker.process.pid == worker_pid and worker.process.poll() is None
+        # The gateway's open connection was made before the change and still serves.
+        np.testing.assert_allclose(
+            probabilities(infer(gateway.url, token, x[:2])), expected[:2], atol=1e-5
+        )
+
+        # Make the gateway connect again: only its new certificate can get in now.
+        worker.stop(signal.SIGKILL)
+        worker.start()
+        reply = infer(gateway.url, token, x[:4])
+        np.testing.assert_allclose(probabilities(reply), expected[:4], atol=1e-5)
+        assert b"worker TLS files reloaded" in gateway.log.read_bytes()
+    finally:
+        gateway.stop()
+        worker.stop()
+    assert b"BEGIN" not in worker.log.read_bytes() + gateway.log.read_bytes()
