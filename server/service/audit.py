@@ -3,10 +3,14 @@
 Inference calls and authentication failures happen at request rates, so they
 go through a bounded queue flushed at least every second in one transaction
 per batch. A full queue makes callers wait (backpressure): records are never
-dropped. Calls a tenant's own limits refused are counted rather than kept one
-by one (an ``inference.refused`` entry per tenant and flush, with a count per
-model, version, client and reason): a tenant flooding past its limit must not
-be able to grow the shared log, or the gateway's work, by a record per call.
+dropped. A write the database refuses (restarting, locked, full) is kept and
+written by the next flush, before anything newer; meanwhile new records
+queue up to the bounds, then callers wait.
+
+Calls a tenant's own limits refused are counted rather than kept one by one
+(an ``inference.refused`` entry per tenant and flush, with a count per model,
+version, client and reason): a tenant flooding past its limit must not be
+able to grow the shared log, or the gateway's work, by a record per call.
 Calls refused for their credentials (``auth.failure``: no valid token;
 ``auth.denied``: a token without the scope) are counted the same way, per
 tenant (none for a caller without a valid token) and flush, by operation,
@@ -37,6 +41,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 FLUSH_SECONDS = 1.0
+STOP_SECONDS = 10.0
+"""How long ``stop`` keeps retrying a write the database refuses before giving up on it."""
 MAX_BATCH = 500
 CALLS_PER_ENTRY = 500
 """Most call records in one chained entry: an entry is hashed as one JSON text while
@@ -44,6 +50,19 @@ holding the interpreter lock, so big ones would stall the event loop for millise
 REFUSAL_KEYS = 1000
 """Most distinct (tenant, model, version, client, reason) counts kept per flush; the
 rest are counted under model "*" (model names come from the caller)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One transaction's worth of records, kept until the database has taken it."""
+
+    events: list[AuditEvent]
+    calls: deque[CallRecord]
+    counted: list[AuditEvent]
+
+    @property
+    def records(self) -> int:
+        return len(self.events) + len(self.calls) + len(self.counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +130,8 @@ class AuditRecorder:
         self._max_calls = max_calls
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._unwritten: _Write | None = None
+        """A write the database refused: the next flush sends it first."""
 
     async def submit(self, event: AuditEvent) -> None:
         """Queue ``event``; waits while the queue is full."""
@@ -146,24 +167,58 @@ class AuditRecorder:
         """Start flushing in the background."""
         self._task = asyncio.create_task(self._run())
 
-    async def stop(self) -> None:
-        """Flush what is queued and stop."""
+    async def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Flush what is queued and stop; a database still refusing after ``timeout`` is logged."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while not self._queue.empty() or self._calls or self._refusals or self._denials:
-            await self._flush()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._pending():
+            try:
+                await self.flush()
+            except Exception as exc:  # noqa: BLE001 - retried until the deadline, then reported
+                if loop.time() >= deadline:
+                    log.error(  # noqa: TRY400 - a trace would repeat the records' SQL
+                        "audit records lost at shutdown: the database refused them",
+                        records=self._pending(),
+                        error=_reason(exc),
+                    )
+                    return
+                await asyncio.sleep(min(FLUSH_SECONDS, timeout / 10))
+
+    def _pending(self) -> int:
+        """Records not yet in the database."""
+        unwritten = self._unwritten.records if self._unwritten is not None else 0
+        return (
+            unwritten
+            + self._queue.qsize()
+            + len(self._calls)
+            + len(self._refusals)
+            + len(self._denials)
+        )
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
             try:
-                await self._flush()
-            except Exception:
-                log.exception("audit flush failed; retrying")
+                await self.flush()
+            except Exception as exc:  # noqa: BLE001 - kept and retried by the next flush
+                log.warning(
+                    "audit flush failed; its records are kept and retried",
+                    records=self._pending(),
+                    error=_reason(exc),
+                )
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
+        """Write what is queued now, after any write the database refused before.
+
+        Raises what the database raised; the refused write is kept for the next call.
+        """
+        if self._unwritten is not None:
+            await run_in_threadpool(self._write, self._unwritten)
+            self._unwritten = None
         # Take only what was queued when the flush began: records arriving
         # while it writes wait for the next tick, so a busy server writes one
         # transaction a second rather than a stream of small ones.
@@ -180,13 +235,20 @@ class AuditRecorder:
             events -= len(batch)
             # Records become entries in the thread, not on the event loop.
             counted = [*_refusal_events(refusals), *_denial_events(denials)]
-            await run_in_threadpool(self._write, batch, calls, counted)
+            self._unwritten = _Write(batch, calls, counted)
+            await run_in_threadpool(self._write, self._unwritten)
+            self._unwritten = None
             calls, refusals, denials = deque(), Counter(), Counter()
 
-    def _write(
-        self, events: list[AuditEvent], calls: deque[CallRecord], counted: list[AuditEvent]
-    ) -> None:
-        self._audit.record_many([*events, *_call_events(calls), *counted])
+    def _write(self, write: _Write) -> None:
+        self._audit.record_many([*write.events, *_call_events(write.calls), *write.counted])
+
+
+def _reason(exc: BaseException) -> str:
+    """What the database said, without the statement and its parameters (the records)."""
+    original = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
+    said = str(original if original is not None else exc).strip().splitlines()
+    return f"{type(exc).__name__}: {said[0] if said else ''}"
 
 
 def _call_events(calls: deque[CallRecord]) -> list[AuditEvent]:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from structlog.testing import capture_logs
 
 from server.service.audit import (
     CALLS_PER_ENTRY,
@@ -15,6 +20,11 @@ from server.service.audit import (
 )
 from storage import make_session_factory
 from storage.audit import AuditLog
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy import Engine
 
 
 def _call(tenant: str, n: int) -> CallRecord:
@@ -78,7 +88,7 @@ def test_a_full_queue_makes_callers_wait_until_a_flush(engine, master_keys) -> N
         sixth = asyncio.ensure_future(recorder.submit_call(_call("tenant-c", 5)))
         await asyncio.sleep(0.05)
         waited = not sixth.done()
-        await recorder._flush()
+        await recorder.flush()
         await asyncio.wait_for(sixth, 1)
         await recorder.stop()
         return waited, sixth.done()
@@ -205,3 +215,74 @@ def test_calls_refused_for_their_credentials_are_counted_per_tenant_and_bounded(
         }
     ]
     assert log.verify().ok
+
+
+@contextlib.contextmanager
+def _log_table_away(engine: Engine) -> Iterator[None]:
+    """The audit log's table renamed away: every write to the log fails, as in an outage."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE audit_log RENAME TO audit_log_away")
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE audit_log_away RENAME TO audit_log")
+
+
+def test_a_write_the_database_refuses_is_kept_and_written_first_later(engine, master_keys) -> None:
+    """Nothing is lost to a failed flush: its records go in by the next one, before newer ones."""
+    log = AuditLog(session_factory=make_session_factory(engine), master_keys=master_keys)
+    refused: list[BaseException] = []
+
+    async def scenario() -> None:
+        recorder = AuditRecorder(log)
+        for n in range(5):
+            await recorder.submit_call(_call("tenant-g", n))
+        recorder.count_refusal(_call("tenant-g", 99), "rate")
+        with _log_table_away(engine):
+            for _ in range(2):  # refused twice: still one write, kept whole
+                try:
+                    await recorder.flush()
+                except Exception as exc:  # noqa: BLE001 - the database's own error
+                    refused.append(exc)
+            for n in range(5, 8):
+                await recorder.submit_call(_call("tenant-g", n))
+        await recorder.flush()
+        await recorder.stop()
+
+    asyncio.run(scenario())
+    assert len(refused) == 2
+    entries = sorted(
+        log.query(tenant_id="tenant-g", action="inference.calls", limit=10), key=lambda e: e["seq"]
+    )
+    assert [[c["request_id"] for c in e["details"]["calls"]] for e in entries] == [
+        [f"tenant-g-{n}" for n in range(5)],
+        [f"tenant-g-{n}" for n in range(5, 8)],
+    ]
+    (counted,) = log.query(tenant_id="tenant-g", action="inference.refused", limit=10)
+    assert counted["resource"] == "refused:1"
+    assert log.verify().ok
+
+
+def test_stop_gives_up_on_a_database_that_keeps_refusing_and_says_so(engine, master_keys) -> None:
+    """Shutdown does not hang on a dead database; the records it could not write are logged."""
+    log = AuditLog(session_factory=make_session_factory(engine), master_keys=master_keys)
+
+    async def scenario() -> float:
+        recorder = AuditRecorder(log)
+        for n in range(3):
+            await recorder.submit_call(_call("tenant-h", n))
+        started = time.monotonic()
+        await recorder.stop(timeout=0.3)
+        return time.monotonic() - started
+
+    with _log_table_away(engine), capture_logs() as logs:
+        took = asyncio.run(scenario())
+    assert took < 5
+    (lost,) = [entry for entry in logs if entry["log_level"] == "error"]
+    assert lost["event"] == "audit records lost at shutdown: the database refused them"
+    assert lost["records"] == 3
+    assert lost["error"].startswith("OperationalError: ") or lost["error"].startswith(
+        "ProgrammingError: "
+    )
+    assert "INSERT" not in lost["error"]  # the driver's reason, not the records' statement
