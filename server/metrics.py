@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from prometheus_client import Metric
 
+    from server.pool.loopload import LoopLoad
     from server.pool.status import WorkerStatus
     from server.service.types import ModelKey
 
@@ -51,6 +52,10 @@ class PoolView(Protocol):
     @property
     def rpc_stats(self) -> RpcStats:
         """Infer RPCs and calls per RPC."""
+
+    @property
+    def loop_load(self) -> LoopLoad:
+        """How busy the gateway's event loop is."""
 
     on_snapshot: Callable[[], None] | None
     """Called after each snapshot refresh."""
@@ -139,7 +144,13 @@ class Metrics:
         """Export the pool's worker state on every scrape."""
 
         def own() -> PoolShare:
-            return PoolShare(self.gateway, list(pool.snapshot), pool.rpc_stats, dict(self.names))
+            return PoolShare(
+                self.gateway,
+                list(pool.snapshot),
+                pool.rpc_stats,
+                dict(self.names),
+                pool.loop_load.share,
+            )
 
         shared_dir = self.shared_dir
         if shared_dir is None:
@@ -173,6 +184,8 @@ class PoolShare:
     snapshot: list[WorkerStatus]
     rpc_stats: RpcStats
     names: dict[str, tuple[str, str]]
+    loop_share: float = 0.0
+    """The last window's share of time the gateway's event loop was busy."""
 
 
 class PoolCollector(Collector):
@@ -222,6 +235,16 @@ class PoolCollector(Collector):
         )
         rpc.add_metric([], _cumulative(RPC_BUCKETS, stats.buckets), stats.calls)
         yield rpc
+        busy = GaugeMetricFamily(
+            "sealserve_gateway_loop_busy",
+            "Share of the last 50 ms the gateway's event loop ran or waited for a CPU "
+            "(at 0.9 and over, gRPC calls wait up to SEALSERVE_POOL_COALESCE_BUSY_DELAY_MS "
+            "to share trips to workers).",
+            labels=["gateway"],
+        )
+        for share in shares:
+            busy.add_metric([str(share.gateway)], share.loop_share)
+        yield busy
 
     def _worker_label(self, gateway: int, index: int) -> str:
         return f"{gateway}.{index}" if self._worker_prefix else str(index)

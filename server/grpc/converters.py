@@ -93,6 +93,7 @@ def infer_request(message: pb.ModelInferRequest) -> InferRequest:
         outputs=tuple(RequestedOutput(name=o.name) for o in message.outputs),
         id=message.id or None,
         parameters=_parameters(message.parameters),
+        one_per_turn=True,
     )
 
 

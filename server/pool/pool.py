@@ -35,6 +35,7 @@ from server.pool.errors import (
     rpc_service_error,
     service_error,
 )
+from server.pool.loopload import LoopLoad
 from server.pool.messages import key_to_pb, tensor_from_pb, tensor_to_pb
 from server.pool.process import WorkerProcess, settings_for_worker
 from server.pool.remote import RemoteWorker
@@ -87,6 +88,8 @@ class WorkerPool:
         self._balancer = balancer or Balancer()
         self.rpc_stats = RpcStats()
         """Infer RPCs sent and calls per RPC, for ``/metrics``."""
+        self.loop_load = LoopLoad()
+        """How busy this gateway's event loop is: calls wait longer for company when it is."""
 
         def coalescer(slot: Slot) -> Coalescer:
             return Coalescer(
@@ -94,6 +97,8 @@ class WorkerPool:
                 max_rpcs=settings.pool_rpcs_per_worker,
                 max_calls=settings.pool_coalesce_max_calls,
                 max_delay=settings.pool_coalesce_delay_ms / 1000,
+                busy_delay=settings.pool_coalesce_busy_delay_ms / 1000,
+                load=self.loop_load,
                 max_pending=settings.pool_max_pending,
                 stats=self.rpc_stats,
             )
@@ -139,6 +144,7 @@ class WorkerPool:
             self._closing = True  # the supervisor has stopped the workers that did start
             raise
         self._started = True
+        self.loop_load.start()
         log.info("inference workers started", workers=len(self._slots))
 
     async def stop(self, grace: float) -> None:
@@ -146,6 +152,7 @@ class WorkerPool:
         if self._closing and not self._started:
             return
         self._closing = True
+        self.loop_load.stop()
         self._notify()  # calls waiting for a worker to come up give up now
         if self._calls:
             self._idle.clear()
@@ -164,8 +171,11 @@ class WorkerPool:
         *,
         request_id: str | None,
         timeout: float,
+        wait_for_company: bool = False,
     ) -> list[Tensor]:
         """Run one call on a worker; ``outputs`` empty means all of the model's outputs.
+
+        ``wait_for_company``: see ``Coalescer.call``.
 
         Raises the service layer's errors (see ``server.pool.errors``);
         ``WorkerCrashed`` when the worker died and the one retry failed too.
@@ -179,7 +189,9 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
 
         async def send(slot: Slot, left: float) -> worker_pb2.InferResult:
-            return await slot.coalescer.call(call, loop.time() + left)
+            return await slot.coalescer.call(
+                call, loop.time() + left, wait_for_company=wait_for_company
+            )
 
         slot, result = await self._dispatch(key, timeout, send, request_id=request_id)
         if result.HasField("error"):

@@ -55,8 +55,13 @@ class Backend(Protocol):
         *,
         request_id: str | None,
         timeout: float,
+        wait_for_company: bool = False,
     ) -> list[Tensor]:
-        """Run one call and return the requested outputs (all when none named)."""
+        """Run one call and return the requested outputs (all when none named).
+
+        ``wait_for_company``: the call may wait a little for others to share its
+        trip to a worker while the gateway is busy (see ``InferRequest.one_per_turn``).
+        """
         ...
 
 
@@ -255,6 +260,7 @@ class InferenceService:
                 wanted,
                 request_id=request.id,
                 timeout=self._timeout,
+                wait_for_company=request.one_per_turn,
             )
         finally:
             if limits is not None:

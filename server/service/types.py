@@ -52,6 +52,9 @@ class InferRequest:
     outputs: tuple[RequestedOutput, ...] = ()
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    one_per_turn: bool = False
+    """The transport hands the event loop its calls one per turn (gRPC does), so this one
+    shares a trip to a worker only if it waits for others (``server.pool.loopload``)."""
 
 
 @dataclass(frozen=True, slots=True)

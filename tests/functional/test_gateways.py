@@ -241,6 +241,14 @@ def test_both_gateways_serve_and_metrics_add_up_over_processes(gateways: Gateway
             {"0.0", "1.0"} <= workers_up(samples)
             # Calls carried to workers, summed over both gateways' pools.
             and samples.get(("sealserve_worker_rpc_calls_count", frozenset()), 0.0) >= 200
+            # How busy each gateway's loop is (what makes gRPC calls wait for company).
+            and all(
+                0.0 <= samples.get(busy, -1.0) <= 1.0
+                for busy in (
+                    ("sealserve_gateway_loop_busy", frozenset({("gateway", "0")})),
+                    ("sealserve_gateway_loop_busy", frozenset({("gateway", "1")})),
+                )
+            )
             for samples in scrapes
         )
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from protos import worker_pb2
 from server.pool.dispatcher import Coalescer, RpcStats, WorkerGone
+from server.pool.loopload import LoopLoad
 from server.service.errors import DeadlineExceeded, Overloaded
 
 
@@ -38,7 +40,7 @@ def call(name: str) -> worker_pb2.InferCall:
     return worker_pb2.InferCall(request_id=name)
 
 
-def coalescer(stub: Stub | None, stats: RpcStats, **limits: float) -> Coalescer:
+def coalescer(stub: Stub | None, stats: RpcStats, **limits: Any) -> Coalescer:
     """A coalescer over ``stub`` with one RPC in flight unless told otherwise."""
     options = {"max_rpcs": 1, "max_calls": 64, "max_pending": 100} | limits
     return Coalescer(lambda: stub, stats=stats, **options)
@@ -155,3 +157,36 @@ def test_sparse_calls_do_not_wait() -> None:
     stub, took = asyncio.run(scenario())
     assert stub.requests == [["a"], ["b"]]
     assert took < 0.25
+
+
+@pytest.mark.parametrize(
+    ("busy", "company", "expected"),
+    [
+        (True, True, [["a"], ["b", "c", "d"]]),  # a busy loop: one-per-turn calls wait together
+        (False, True, [["a"], ["b"], ["c"], ["d"]]),  # an idle loop: nobody waits
+        (True, False, [["a"], ["b"], ["c"], ["d"]]),  # calls that came in groups never wait
+    ],
+)
+def test_a_busy_loop_makes_calls_that_come_one_per_turn_wait_for_company(
+    busy: bool, company: bool, expected: list[list[str]]
+) -> None:
+    """busy_delay holds gRPC-like calls only while the gateway's loop is busy."""
+
+    async def scenario() -> Stub:
+        stub = Stub()
+        stub.release.set()
+        load = LoopLoad()
+        load.busy = busy
+        sender = coalescer(stub, RpcStats(), max_rpcs=2, busy_delay=0.2, load=load)
+        deadline = asyncio.get_running_loop().time() + 5
+        await sender.call(call("a"), deadline, wait_for_company=company)
+        later = []
+        for name in "bcd":  # each in a later turn of the loop, 10 ms apart
+            later.append(
+                asyncio.ensure_future(sender.call(call(name), deadline, wait_for_company=company))
+            )
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*later)
+        return stub
+
+    assert asyncio.run(scenario()).requests == expected
