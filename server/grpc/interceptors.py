@@ -1,17 +1,20 @@
-"""The one gRPC interceptor: policy check before the servicer, error table after.
+"""The gRPC gateway's one guard: policy check before the servicer, error table after.
 
-It wraps every registered method's handler, so no RPC can skip
-authentication or leave with an unmapped error. The authenticated principal
-is handed to servicers through a context variable set for that call only.
+Every registered method's handler is wrapped once, the first time a call
+names it, so no RPC can skip authentication or leave with an unmapped
+error. (A ``grpc.aio`` interceptor does the same per call, at the price of
+a coroutine chain and a fresh handler for every call.) The authenticated
+principal is handed to servicers through a context variable set for that
+call only.
 """
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import itertools
 import os
 import re
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -54,11 +57,8 @@ _ID_PREFIX, _IDS = os.urandom(6).hex(), itertools.count(1)
 """Fresh request ids: unique per process start, 32 hex digits like a uuid, no syscall."""
 
 
-def _bind_call_context(
-    context: grpc.aio.ServicerContext[Any, Any], metadata: Sequence[tuple[str, Any]]
-) -> None:
+def _bind_call_context(context: grpc.aio.ServicerContext[Any, Any], incoming: str) -> None:
     """Give this call's log lines and audit records a request id and the peer address."""
-    incoming = next((str(value) for key, value in metadata if key == "x-request-id"), "")
     peer = context.peer() or ""
     structlog.contextvars.bind_contextvars(
         request_id=incoming if _SAFE_ID.match(incoming) else f"{_ID_PREFIX}{next(_IDS):020x}",
@@ -72,7 +72,18 @@ def _code_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
-class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+def _credentials(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str | None, str]:
+    """The call's ``authorization`` and ``x-request-id`` metadata (``None`` and "" if absent)."""
+    authorization, request_id = None, ""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            authorization = str(value)
+        elif key == "x-request-id":
+            request_id = str(value)
+    return authorization, request_id
+
+
+class GatewayGuard:
     """Authenticate and authorize by the policy table; map errors by the error table."""
 
     def __init__(
@@ -82,93 +93,127 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._on_done = on_done
         """Told each finished call's method and status code name (for ``/metrics``)."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        """Wrap the method's handler (unknown methods fall through to UNIMPLEMENTED)."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method: str = handler_call_details.method
-        metadata = handler_call_details.invocation_metadata or ()
-        authorization = next(
-            (str(value) for key, value in metadata if key == "authorization"), None
-        )
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` of ``method`` (``/package.Service/Method``), guarded."""
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, authorization, metadata),
+                self._unary(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            # A streaming servicer either yields its answers or writes them with
+            # ``context.write`` (grpc_health's Watch does): wrap each as what it is.
+            stream = handler.unary_stream
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method, authorization, metadata),
+                self._stream(stream, method)
+                if inspect.isasyncgenfunction(stream)
+                else self._unary(stream, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # no streaming-request methods are served
 
-    @contextlib.asynccontextmanager
-    async def _guarded(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        method: str,
-        authorization: str | None,
-        metadata: Sequence[tuple[str, Any]],
-    ) -> AsyncIterator[None]:
-        """One call's frame, for unary and streaming answers alike.
+    async def _enter(
+        self, context: grpc.aio.ServicerContext[Any, Any], operation: str | None
+    ) -> Token[Principal | None]:
+        """Bind the call's log context, check the policy, hand the principal on."""
+        authorization, request_id = _credentials(context)
+        _bind_call_context(context, request_id)
+        principal = await self._access.authorize_call(operation, authorization)
+        return _principal.set(principal)
 
-        Binds its log context, checks the policy, hands the principal to the
-        servicer, sends every error through the table (``abort`` raises, so a
-        refused call never reaches the servicer) and counts it in ``/metrics``.
-        """
-        _bind_call_context(context, metadata)
-        code = "OK"
-        token = None
-        try:
+    def _unary(self, inner: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
+        operation, on_done = grpc_operation(method), self._on_done
+
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            code, token = "OK", None
             try:
-                principal = await self._access.authorize_call(grpc_operation(method), authorization)
-                token = _principal.set(principal)
-                yield
+                token = await self._enter(context, operation)
+                return await inner(request, context)
             except grpc.aio.AbortError:
                 code = _code_name(context)
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
                 code = spec_for(exc).grpc
                 await abort_with(context, exc)
-        finally:
-            if token is not None:
-                _principal.reset(token)
-            if self._on_done is not None:
-                self._on_done(method, code)
-
-    def _unary(
-        self,
-        inner: Callable[..., Any],
-        method: str,
-        authorization: str | None,
-        metadata: Sequence[tuple[str, Any]],
-    ) -> Callable[..., Awaitable[Any]]:
-        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            async with self._guarded(context, method, authorization, metadata):
-                return await inner(request, context)
+            finally:
+                if token is not None:
+                    _principal.reset(token)
+                if on_done is not None:
+                    on_done(method, code)
 
         return behavior
 
     def _stream(
-        self,
-        inner: Callable[..., AsyncIterator[Any]],
-        method: str,
-        authorization: str | None,
-        metadata: Sequence[tuple[str, Any]],
+        self, inner: Callable[..., AsyncIterator[Any]], method: str
     ) -> Callable[..., AsyncIterator[Any]]:
+        operation, on_done = grpc_operation(method), self._on_done
+
         async def behavior(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            async with self._guarded(context, method, authorization, metadata):
+            code, token = "OK", None
+            try:
+                token = await self._enter(context, operation)
                 async for item in inner(request, context):
                     yield item
+            except grpc.aio.AbortError:
+                code = _code_name(context)
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
+                code = spec_for(exc).grpc
+                await abort_with(context, exc)
+            finally:
+                if token is not None:
+                    _principal.reset(token)
+                if on_done is not None:
+                    on_done(method, code)
 
         return behavior
+
+
+class GuardedHandlers(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """The methods of ``inner``'s handlers, each behind ``guard``, wrapped on first use."""
+
+    def __init__(self, inner: Sequence[grpc.GenericRpcHandler], guard: GatewayGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        """Registered methods only: a name nobody serves is not remembered."""
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        """The guarded handler of the call's method; ``None`` (UNIMPLEMENTED) if unknown."""
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        for handlers in self._inner:
+            found = handlers.service(handler_call_details)
+            if found is not None:
+                wrapped = self._wrapped[method] = self._guard.wrap(found, method)
+                return wrapped
+        return None
+
+
+class Registrar:
+    """What the generated ``add_*_to_server`` functions get instead of the server.
+
+    They register a generic handler (and, with newer grpcio, the same methods
+    again as "registered" ones). This keeps the generic handlers so that
+    ``GuardedHandlers`` can put them behind the guard on the real server: no
+    method reaches the server unguarded.
+    """
+
+    def __init__(self) -> None:
+        self.handlers: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        """Keep ``handlers`` for ``GuardedHandlers``."""
+        self.handlers.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        """Already served through the generic handler of the same service."""
+        del service, handlers

@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from starlette.concurrency import run_in_threadpool
 
-from server.grpc.interceptors import GatewayInterceptor
+from server.grpc.interceptors import GatewayGuard, GuardedHandlers, Registrar
 from server.grpc.servicers import InferenceServicer, add_to_server
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ class GrpcGateway:
         on_done: Callable[[str, str], None] | None = None,
     ) -> None:
         self.server = grpc.aio.server(
-            interceptors=[GatewayInterceptor(access, on_done=on_done)],
             options=[
                 # Shared only among this server's own gateway processes; otherwise
                 # a second server on the same port must fail, not split the traffic.
@@ -53,13 +52,16 @@ class GrpcGateway:
         self._health_service = health_service
         self._poll_seconds = poll_seconds
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # Services register with the registrar, never with the server itself, so
+        # that each of their methods is reached through the guard only.
+        registrar = Registrar()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         self.services: list[Any] = [
             health_pb2.DESCRIPTOR.services_by_name["Health"],
-            add_to_server(
-                InferenceServicer(inference=inference, health=health_service), self.server
-            ),
+            add_to_server(InferenceServicer(inference=inference, health=health_service), registrar),
         ]
+        guard = GatewayGuard(access, on_done=on_done)
+        self.server.add_generic_rpc_handlers([GuardedHandlers(registrar.handlers, guard)])
         self._task: asyncio.Task[None] | None = None
 
     def bind(self, address: str) -> int:

@@ -13,8 +13,6 @@ from server.grpc import converters
 from server.grpc.interceptors import current_principal
 
 if TYPE_CHECKING:
-    import grpc
-
     from auth import Principal
     from server.service.health import HealthService
     from server.service.inference import InferenceService
@@ -88,7 +86,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):  # typ
         return converters.infer_response(answer)
 
 
-def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> Any:
-    """Register the servicer; returns the service descriptor for the policy check."""
+def add_to_server(servicer: InferenceServicer, server: Any) -> Any:
+    """Register the servicer with ``server`` (a ``Registrar``); returns its service descriptor."""
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     return pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]

@@ -45,6 +45,22 @@ def test_grpc_health_is_serving(server) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_grpc_health_watch_streams_and_unknown_methods_are_unimplemented(server) -> None:
+    """The guard wraps streaming answers too, and a method nobody serves is UNIMPLEMENTED."""
+    running, _ = server
+    with grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        first = next(watch)
+        watch.cancel()
+        unknown = channel.unary_unary("/inference.GRPCInferenceService/NoSuchMethod")
+        with pytest.raises(grpc.RpcError) as refused:
+            unknown(b"", timeout=5)
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
 def test_unknown_route_is_a_json_404(server) -> None:
     """Errors come back in the one JSON shape, with a request id, never a stack trace."""
     running, _ = server
