@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     """When calls to a worker come less than five such delays apart, how long one may wait
     for others to share its trip (0: never; at low load nothing waits)."""
 
-    pool_coalesce_busy_delay_ms: float = Field(default=2.0, ge=0, le=100)
+    pool_coalesce_busy_delay_ms: float = Field(default=3.0, ge=0, le=100)
     """How long a gRPC call may wait to share a trip to its worker while the gateway's event
     loop is busy at least 90% of the time (calls queue then anyway, and fewer trips free the
     loop); 0: as when it is not busy. gRPC hands calls over one at a time, so they meet no
