@@ -10,7 +10,6 @@ call only.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import os
 import re
@@ -24,7 +23,7 @@ from server.policy import grpc_operation
 from server.status import public_message, spec_for
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from auth import Principal
     from server.service.access import AccessControl
@@ -102,13 +101,11 @@ class GatewayGuard:
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            # A streaming servicer either yields its answers or writes them with
-            # ``context.write`` (grpc_health's Watch does): wrap each as what it is.
-            stream = handler.unary_stream
+            # The one streaming method served, grpc_health's Watch, writes its
+            # answers with ``context.write``: awaited like a unary handler. (A
+            # servicer that yielded instead would fail its first call loudly.)
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(stream, method)
-                if inspect.isasyncgenfunction(stream)
-                else self._unary(stream, method),
+                self._unary(handler.unary_stream, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -131,33 +128,6 @@ class GatewayGuard:
             try:
                 token = await self._enter(context, operation)
                 return await inner(request, context)
-            except grpc.aio.AbortError:
-                code = _code_name(context)
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure leaves through the table
-                code = spec_for(exc).grpc
-                await abort_with(context, exc)
-            finally:
-                if token is not None:
-                    _principal.reset(token)
-                if on_done is not None:
-                    on_done(method, code)
-
-        return behavior
-
-    def _stream(
-        self, inner: Callable[..., AsyncIterator[Any]], method: str
-    ) -> Callable[..., AsyncIterator[Any]]:
-        operation, on_done = grpc_operation(method), self._on_done
-
-        async def behavior(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            code, token = "OK", None
-            try:
-                token = await self._enter(context, operation)
-                async for item in inner(request, context):
-                    yield item
             except grpc.aio.AbortError:
                 code = _code_name(context)
                 raise
