@@ -92,8 +92,12 @@ class GatewayGuard:
         self._on_done = on_done
         """Told each finished call's method and status code name (for ``/metrics``)."""
 
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        """``handler`` of ``method`` (``/package.Service/Method``), guarded."""
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler | None:
+        """``handler`` of ``method`` (``/package.Service/Method``), guarded.
+
+        ``None`` (served as UNIMPLEMENTED) for a client-streaming method: none is
+        served, and one the guard cannot wrap must not run unguarded.
+        """
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, method),
@@ -109,7 +113,7 @@ class GatewayGuard:
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # no streaming-request methods are served
+        return None
 
     async def _enter(
         self, context: grpc.aio.ServicerContext[Any, Any], operation: str | None
@@ -163,7 +167,9 @@ class GuardedHandlers(grpc.GenericRpcHandler):  # type: ignore[misc]
         for handlers in self._inner:
             found = handlers.service(handler_call_details)
             if found is not None:
-                wrapped = self._wrapped[method] = self._guard.wrap(found, method)
+                wrapped = self._guard.wrap(found, method)
+                if wrapped is not None:
+                    self._wrapped[method] = wrapped
                 return wrapped
         return None
 
