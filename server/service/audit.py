@@ -130,6 +130,7 @@ class AuditRecorder:
         self._max_calls = max_calls
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._unwritten: _Write | None = None
         """A write the database refused: the next flush sends it first."""
 
@@ -169,10 +170,11 @@ class AuditRecorder:
 
     async def stop(self, timeout: float = STOP_SECONDS) -> None:
         """Flush what is queued and stop; a database still refusing after ``timeout`` is logged."""
+        # Not cancelled: a write running in its thread would commit anyway while
+        # still counted as unwritten, and be written a second time below.
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._pending():
@@ -201,7 +203,10 @@ class AuditRecorder:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(FLUSH_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), FLUSH_SECONDS)
+            if self._stopping.is_set():
+                return
             try:
                 await self.flush()
             except Exception as exc:  # noqa: BLE001 - kept and retried by the next flush

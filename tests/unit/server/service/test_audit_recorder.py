@@ -286,3 +286,31 @@ def test_stop_gives_up_on_a_database_that_keeps_refusing_and_says_so(engine, mas
         "ProgrammingError: "
     )
     assert "INSERT" not in lost["error"]  # the driver's reason, not the records' statement
+
+
+def test_stop_during_a_flush_writes_each_record_once(engine, master_keys) -> None:
+    """Stopping while a flush waits on the database lets it finish; nothing is written twice."""
+    log = AuditLog(session_factory=make_session_factory(engine), master_keys=master_keys)
+    log.checkpoint_now()  # the chain's head row exists, to be locked below
+
+    async def scenario() -> None:
+        recorder = AuditRecorder(log)
+        recorder.start()
+        for n in range(3):
+            await recorder.submit_call(_call("tenant-i", n))
+        with engine.connect() as holder:
+            # Hold the log's write lock so the background flush blocks in its thread.
+            holder.begin()
+            holder.exec_driver_sql("UPDATE audit_head SET seq = seq WHERE id = 1")
+            await asyncio.sleep(1.4)  # the flush tick came and waits for the lock
+            stopping = asyncio.ensure_future(recorder.stop())
+            await asyncio.sleep(0.2)
+            holder.rollback()
+        await stopping
+
+    asyncio.run(scenario())
+    (entry,) = log.query(tenant_id="tenant-i", action="inference.calls", limit=10)
+    assert [c["request_id"] for c in entry["details"]["calls"]] == [
+        f"tenant-i-{n}" for n in range(3)
+    ]
+    assert log.verify().ok
