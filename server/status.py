@@ -1,6 +1,6 @@
 """The one error table: every error class mapped once to HTTP and gRPC.
 
-The REST exception handler and the gRPC interceptor both read this table, so
+The REST exception handler and the gRPC guard both read this table, so
 an error cannot come out as one status over REST and another over gRPC.
 Lookup walks the class's MRO, so a subclass inherits its parent's mapping
 unless it has its own row. This module imports neither FastAPI nor grpc.

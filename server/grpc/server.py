@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from starlette.concurrency import run_in_threadpool
 
-from server.grpc.interceptors import GatewayGuard, GuardedHandlers, Registrar
+from server.grpc.guard import GatewayGuard, GuardedHandlers, Registrar
 from server.grpc.servicers import InferenceServicer, add_to_server
 
 if TYPE_CHECKING:

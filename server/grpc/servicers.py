@@ -10,7 +10,7 @@ from auth import Unauthenticated
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
 from server.grpc import converters
-from server.grpc.interceptors import current_principal
+from server.grpc.guard import current_principal
 
 if TYPE_CHECKING:
     from auth import Principal
@@ -28,7 +28,7 @@ def _principal() -> Principal:
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    """Adapts gRPC calls to ``InferenceService``; errors leave through the interceptor."""
+    """Adapts gRPC calls to ``InferenceService``; errors leave through the guard."""
 
     def __init__(self, *, inference: InferenceService, health: HealthService) -> None:
         self._inference = inference

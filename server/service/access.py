@@ -1,7 +1,7 @@
 """Access control shared by both transports: tokens in, principals out.
 
 ``AccessControl.check`` is the one entry point the REST dependency and the
-gRPC interceptor call. It looks the operation up in ``server.policy``,
+gRPC guard call. It looks the operation up in ``server.policy``,
 verifies the bearer token (cached), and calls ``auth.authorize`` with the
 scope the table names. Client credentials are exchanged for tokens here too.
 """

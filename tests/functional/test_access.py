@@ -405,7 +405,7 @@ def test_crafted_token_on_inference_routes(case: TokenCase, path, body, ctx, ser
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_crafted_token_on_grpc_model_infer(case: TokenCase, ctx, server) -> None:
-    """The same table through the gRPC interceptor on ModelInfer and ModelMetadata."""
+    """The same table through the gRPC guard on ModelInfer and ModelMetadata."""
     import grpc
 
     from protos import inference_pb2, inference_pb2_grpc

@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from server.grpc.interceptors import GatewayGuard, GuardedHandlers
+from server.grpc.guard import GatewayGuard, GuardedHandlers
 
 
 class _Details(grpc.HandlerCallDetails):  # type: ignore[misc]
