@@ -78,11 +78,10 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):  # typ
     ) -> pb.ModelInferResponse:
         """Run one inference."""
         principal = _principal()
-        self._inference.admit(principal, request.model_name, request.model_version or None)
-        parsed = converters.infer_request(request)
-        answer = await self._inference.infer(
-            principal, request.model_name, request.model_version or None, parsed
-        )
+        model, ref = request.model_name, request.model_version or None
+        with self._inference.admit(principal, model, ref) as admission:
+            parsed = converters.infer_request(request)
+            answer = await self._inference.infer(principal, model, ref, parsed, admission=admission)
         return converters.infer_response(answer)
 
 

@@ -36,7 +36,7 @@ from server.service.errors import PayloadTooLarge, TenantLimited
 from server.status import public_message, spec_for
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, MutableMapping
 
     from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from server.metrics import Metrics
     from server.service.access import AccessControl
     from server.service.inference import InferenceService
+    from server.service.limits import Admission
 
 # (template, pattern, protocol) in FastAPI's registration order; a path
 # parameter matches what Starlette's ``{name}`` matches: one segment.
@@ -68,6 +69,8 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
 )
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
+_ADMISSION = "sealserve.admission"
+"""Where ``refuse_now`` leaves, in the scope's state, the admission of a call it let through."""
 
 
 class EarlyAnswer(NamedTuple):
@@ -168,17 +171,20 @@ class InferenceFastPath:
                 return
         await self.app(scope, receive, send)
 
-    def refuse_now(self, scope: Mapping[str, Any]) -> EarlyAnswer | None:
+    def refuse_now(self, scope: MutableMapping[str, Any]) -> EarlyAnswer | None:
         """The 429 for an inference call its tenant's limits refuse, decided from its head.
 
         Called by the HTTP protocol (``server.rest.protocol``) as soon as a
         request's headers are parsed, before any task, body or ASGI message
         exists for it: a tenant flooding the server far over its rate limit
         then takes less of the event loop that the other tenants' calls
-        share. Anything else (another route, a token that does not verify,
-        a tenant within its limits) is ``None``, and the request goes the
-        ordinary way, which checks everything again. Only runs while some
-        tenant was refused a moment ago, so normal traffic pays one clock read.
+        share. Anything else is ``None``, and the request goes the ordinary
+        way: another route or a token that does not verify is checked again
+        there; a call within its tenant's limits is admitted here, and its
+        admission waits in the scope for ``_serve``, so that the calls of a
+        burst that arrive together each take their own token. Only runs
+        while some tenant was refused a moment ago, so normal traffic pays
+        one clock read.
         """
         inference = self._inference
         if scope["method"] != "POST" or not inference.refusing():
@@ -193,7 +199,7 @@ class InferenceFastPath:
             principal = self._access.check(self._operation[template], head.authorization)
             if principal is None:
                 return None
-            inference.admit(principal, model, ref)
+            admission = inference.admit(principal, model, ref)
         except TenantLimited as exc:
             request_id = head.request_id or self._new_request_id()
             spec = spec_for(exc)
@@ -209,6 +215,7 @@ class InferenceFastPath:
             return EarlyAnswer(spec.http, headers, body)
         except AuthError:
             return None  # the ordinary path refuses it, and counts the refusal
+        scope.setdefault("state", {})[_ADMISSION] = admission
         return None
 
     def _new_request_id(self) -> str:
@@ -225,7 +232,9 @@ class InferenceFastPath:
         started = time.perf_counter()
         authorization, declared, header_length, request_id = _head(scope)
         request_id = request_id or self._new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        admission: Admission | None = state.pop(_ADMISSION, None)
         status = 500
         try:
             try:
@@ -238,7 +247,13 @@ class InferenceFastPath:
                 headers = [(b"x-request-id", request_id.encode())]
                 if protocol == "v2":
                     content, length = await run_infer(
-                        inference, principal, model, ref, body=body, header_length=header_length
+                        inference,
+                        principal,
+                        model,
+                        ref,
+                        body=body,
+                        header_length=header_length,
+                        admission=admission,
                     )
                     if length is None:
                         headers.append((b"content-type", _JSON))
@@ -246,7 +261,9 @@ class InferenceFastPath:
                         headers.append((b"content-type", _BINARY))
                         headers.append((b"inference-header-content-length", length.encode()))
                 else:
-                    content = await run_predict(inference, principal, model, ref, body=body)
+                    content = await run_predict(
+                        inference, principal, model, ref, body=body, admission=admission
+                    )
                     headers.append((b"content-type", _JSON))
             except _Disconnected:
                 status = 499  # nginx's "client closed request", for the metrics only
@@ -259,6 +276,8 @@ class InferenceFastPath:
             await send({"type": "http.response.body", "body": content})
             status = 200
         finally:
+            if admission is not None:  # a no-op if run_infer / run_predict released it
+                admission.release()
             self._metrics.count_http(template, "POST", status)
             self._histograms[template].observe(time.perf_counter() - started)
 

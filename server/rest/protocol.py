@@ -18,21 +18,21 @@ loop that the other tenants' calls share.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import structlog
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, MutableMapping
 
     from uvicorn._types import ASGI3Application
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
     from server.rest.fastpath import EarlyAnswer
 
-    EarlyAnswers = Callable[[Mapping[str, Any]], EarlyAnswer | None]
+    EarlyAnswers = Callable[[MutableMapping[str, Any]], EarlyAnswer | None]
 
 log = structlog.get_logger(__name__)
 
@@ -114,7 +114,8 @@ class CorkedHttpToolsProtocol(HttpToolsProtocol):
             and not self.flow.write_paused
         ):
             try:
-                answer = early(cycle.scope)
+                # A plain dict, which the task gets next: what ``early`` leaves there, it finds.
+                answer = early(cast("MutableMapping[str, Any]", cycle.scope))
             except Exception:  # the ordinary path meets it too, and answers it
                 log.debug("no early answer", exc_info=True)
                 answer = None

@@ -5,9 +5,10 @@ the principal, so another tenant's model is exactly as invisible as a missing
 one: both raise the same ``NotFound``. Requests are validated against the
 signature stored with the version before anything reaches a worker.
 
-Per-tenant limits (``server.service.limits``) apply after validation and
-before the worker pool, so a refused call costs no worker time; every call
-that reaches ``infer`` is counted per tenant and model in ``/metrics``.
+Per-tenant limits (``server.service.limits``) apply as soon as a transport
+knows the caller (``admit``), before a body is decoded, so a refused call
+costs no decoding and no worker time; every call that reaches ``infer`` is
+counted per tenant and model in ``/metrics``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from server.service.errors import (
     PayloadTooLarge,
     TenantLimited,
 )
+from server.service.limits import NOT_LIMITED, Admission
 from server.service.types import InferRequest, InferResponse, ModelKey, Tensor
 from server.status import spec_for
 
@@ -130,18 +132,19 @@ class InferenceService:
         """Whether some tenant was refused for its limits a moment ago (see ``admit``)."""
         return self._limits is not None and self._limits.refusing()
 
-    def admit(self, principal: Principal, model: str, ref: str | None) -> None:
-        """Refuse now a call the tenant's limits would refuse, before its body is decoded.
+    def admit(self, principal: Principal, model: str, ref: str | None) -> Admission:
+        """Count a call against its tenant's limits now, or refuse it, before its body is decoded.
 
-        The refusal is counted like any other (audit log, limit metrics);
-        ``infer`` still admits the call for real. Synchronous, so a transport
-        can refuse a call before it starts any task for it.
+        Synchronous, so a transport can refuse a call before it starts any
+        task for it. The caller hands the admission to ``infer`` and releases
+        it when the call is over. A refusal is counted like any other (audit
+        log, limit metrics).
         """
         limits = self._limits
         if limits is None or principal.tenant_id is None:
-            return
+            return NOT_LIMITED
         try:
-            limits.check(principal.tenant_id)
+            return limits.admit(principal.tenant_id)
         except TenantLimited as exc:
             call = self._call(principal, model, ref or "default", spec_for(exc).public_code)
             if call is not None and self._recorder is not None:
@@ -149,19 +152,27 @@ class InferenceService:
             raise
 
     async def infer(
-        self, principal: Principal, model: str, ref: str | None, request: InferRequest
+        self,
+        principal: Principal,
+        model: str,
+        ref: str | None,
+        request: InferRequest,
+        *,
+        admission: Admission | None = None,
     ) -> InferResponse:
-        """Validate ``request``, admit it under the tenant's limits and run it on a worker.
+        """Validate ``request`` and run it on a worker.
 
-        Every call, refused or not, is queued for the audit log (batched per
+        Without an ``admission`` from ``admit``, the call is admitted under its
+        tenant's limits while it runs on a worker. Every call, refused or not,
+        is queued for the audit log (batched per
         tenant, flushed within a second) when a recorder is configured.
         """
         if self._recorder is None:
-            return await self._infer(principal, model, ref, request)
+            return await self._infer(principal, model, ref, request, admission)
         started = time.perf_counter()
         outcome, version, limit = "success", ref or "default", None
         try:
-            response = await self._infer(principal, model, ref, request)
+            response = await self._infer(principal, model, ref, request, admission)
             version = response.model_version
         except Exception as exc:
             outcome = spec_for(exc).public_code
@@ -229,7 +240,12 @@ class InferenceService:
         )
 
     async def _infer(
-        self, principal: Principal, model: str, ref: str | None, request: InferRequest
+        self,
+        principal: Principal,
+        model: str,
+        ref: str | None,
+        request: InferRequest,
+        admission: Admission | None,
     ) -> InferResponse:
         info = await self.version(principal, model, ref)
         if info.state != "ready":
@@ -237,9 +253,9 @@ class InferenceService:
         _check_inputs(request.inputs, info.signature, limit=self.max_request_bytes)
         wanted = _check_outputs(request, info.signature)
         if self._metrics is None:
-            outputs = await self._run(info, request, wanted)
+            outputs = await self._run(info, request, wanted, admission)
         else:
-            outputs = await self._measured(self._metrics, info, request, wanted)
+            outputs = await self._measured(self._metrics, info, request, wanted, admission)
         return InferResponse(
             model_name=info.model_name,
             model_version=str(info.version),
@@ -248,9 +264,13 @@ class InferenceService:
         )
 
     async def _run(
-        self, info: ModelVersionInfo, request: InferRequest, wanted: list[str]
+        self,
+        info: ModelVersionInfo,
+        request: InferRequest,
+        wanted: list[str],
+        admission: Admission | None,
     ) -> list[Tensor]:
-        limits = self._limits
+        limits = self._limits if admission is None else None
         if limits is not None:
             limits.acquire(info.tenant_id)
         try:
@@ -267,7 +287,12 @@ class InferenceService:
                 limits.release(info.tenant_id)
 
     async def _measured(
-        self, metrics: Metrics, info: ModelVersionInfo, request: InferRequest, wanted: list[str]
+        self,
+        metrics: Metrics,
+        info: ModelVersionInfo,
+        request: InferRequest,
+        wanted: list[str],
+        admission: Admission | None,
     ) -> list[Tensor]:
         series = self._series.get(info.id)
         if series is None:
@@ -281,7 +306,7 @@ class InferenceService:
             self._series[info.id] = series
         started = time.perf_counter()
         try:
-            outputs = await self._run(info, request, wanted)
+            outputs = await self._run(info, request, wanted, admission)
         except Exception as exc:
             metrics.inference_requests.labels(*series.labels, spec_for(exc).public_code).inc()
             raise

@@ -27,7 +27,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import structlog
 
@@ -55,6 +55,38 @@ class _Tenant:
     in_flight: int
     tokens: float
     refilled: float
+
+
+class Admission:
+    """One call counted against its tenant's limits until ``release`` (a no-op after the first).
+
+    A transport admits a call as soon as it knows the tenant, before reading
+    or decoding its body, and the admission travels with the call: each call
+    takes its token once, and a burst of calls arriving together cannot all
+    pass a check that the first of them then empties.
+    """
+
+    __slots__ = ("_limits", "tenant_id")
+
+    def __init__(self, limits: TenantLimits | None, tenant_id: str | None) -> None:
+        self._limits = limits
+        self.tenant_id = tenant_id
+
+    def release(self) -> None:
+        """The call is over (however it ended): free its place in the concurrency cap."""
+        limits, self._limits = self._limits, None
+        if limits is not None and self.tenant_id is not None:
+            limits.release(self.tenant_id)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+NOT_LIMITED = Admission(None, None)
+"""The admission of a call no limit applies to."""
 
 
 class TenantLimits:
@@ -117,18 +149,10 @@ class TenantLimits:
                 state.tokens -= 1.0
             state.in_flight += 1
 
-    def check(self, tenant_id: str) -> None:
-        """Raise ``TenantLimited`` now if ``acquire`` would; admits nothing.
-
-        Lets a transport refuse a call before reading and decoding its body,
-        so a tenant far over its limits costs the server as little as possible.
-        """
-        now = self._clock()
-        self._refuse_while_empty(tenant_id, now)
-        with self._state(tenant_id, now, create=False) as state:
-            if state is not None:
-                self._refill(state, now)
-                self._refuse_if_over(tenant_id, state, now)
+    def admit(self, tenant_id: str) -> Admission:
+        """``acquire`` one call of ``tenant_id``, held by the returned ``Admission``."""
+        self.acquire(tenant_id)
+        return Admission(self, tenant_id)
 
     def release(self, tenant_id: str) -> None:
         """One admitted call of ``tenant_id`` finished (however it ended)."""

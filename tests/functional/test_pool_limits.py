@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import socket
+import time
 
 import grpc
 import httpx
@@ -188,33 +189,15 @@ def test_a_refusal_needs_no_body_and_keeps_the_connection(limited) -> None:
     payload = json.dumps(body()).encode()
 
     def request(tenant: str) -> bytes:
-        return (
-            f"POST /v2/models/digits/infer HTTP/1.1\r\nhost: x\r\n"
-            f"authorization: Bearer {tokens[tenant]}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(payload)}\r\n\r\n"
-        ).encode()
-
-    def answer(sock: socket.socket) -> tuple[int, bytes, bytes]:
-        received = b""
-        while b"\r\n\r\n" not in received:
-            received += sock.recv(65536) or pytest.fail("connection closed")
-        head, _, rest = received.partition(b"\r\n\r\n")
-        length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE)[1])
-        while len(rest) < length:
-            rest += sock.recv(65536)
-        return int(head.split(b" ")[1]), head.lower(), rest
+        return infer_head(tokens[tenant], len(payload))
 
     for _ in range(5):
         with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as sock:
-            # Empty the bucket through this connection's gateway process.
-            while True:
-                sock.sendall(request("flood") + payload)
-                if answer(sock)[0] == 429:
-                    break
+            empty_the_bucket(sock, tokens["flood"], payload)
             sock.sendall(request("flood"))  # the head alone
             sock.settimeout(2)
             try:
-                status, head, refusal = answer(sock)
+                status, head, refusal = read_answer(sock)
             except TimeoutError:
                 continue  # a token came back: this call waits for its body
             finally:
@@ -229,6 +212,75 @@ def test_a_refusal_needs_no_body_and_keeps_the_connection(limited) -> None:
                 "request_id": request_id,
             }
             sock.sendall(payload + request("demo") + payload)
-            assert answer(sock)[0] == 200
+            assert read_answer(sock)[0] == 200
             return
     pytest.fail("no call was refused from its head in five tries")
+
+
+@pytest.mark.parametrize("limited", [1], indirect=True, ids=["one-gateway"])
+def test_heads_arriving_together_each_need_a_token_of_their_own(limited) -> None:
+    """While refusing, a head that finds a token takes it: the heads after it are refused at once.
+
+    The bucket is emptied, then left to refill by one token (and a bit);
+    eight heads then arrive on eight connections, none with its body. The
+    heads that found a token wait for their bodies, and get 200 once sent;
+    every other head is answered 429 from the head alone. A check that only
+    looked at the bucket would let all eight wait, since none of them has
+    taken the token yet.
+    """
+    server, tokens, _ = limited
+    payload = json.dumps(body()).encode()
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as sock:
+        empty_the_bucket(sock, tokens["flood"], payload)
+    time.sleep(1.2 / RATE)
+    heads = [
+        socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) for _ in range(8)
+    ]
+    try:
+        for sock in heads:
+            sock.sendall(infer_head(tokens["flood"], len(payload)))
+        waiting = []
+        for sock in heads:
+            sock.settimeout(2)
+            try:
+                assert read_answer(sock)[0] == 429
+            except TimeoutError:
+                waiting.append(sock)
+        # One token came back, two if this machine is slow; not all eight.
+        assert 1 <= len(waiting) <= 2, f"{len(waiting)} heads were let through"
+        for sock in waiting:
+            sock.settimeout(30)
+            sock.sendall(payload)
+            assert read_answer(sock)[0] == 200
+    finally:
+        for sock in heads:
+            sock.close()
+
+
+def infer_head(token: str, length: int) -> bytes:
+    """The head of a v2 infer call to the digits model with a body of ``length`` bytes."""
+    return (
+        f"POST /v2/models/digits/infer HTTP/1.1\r\nhost: x\r\n"
+        f"authorization: Bearer {token}\r\ncontent-type: application/json\r\n"
+        f"content-length: {length}\r\n\r\n"
+    ).encode()
+
+
+def read_answer(sock: socket.socket) -> tuple[int, bytes, bytes]:
+    """One HTTP response: its status, its head (lower case) and its body."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += sock.recv(65536) or pytest.fail("connection closed")
+    head, _, rest = received.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE)[1])
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(head.split(b" ")[1]), head.lower(), rest
+
+
+def empty_the_bucket(sock: socket.socket, token: str, payload: bytes) -> None:
+    """Call through ``sock`` until refused: its gateway process then refuses from heads."""
+    while True:
+        sock.sendall(infer_head(token, len(payload)) + payload)
+        if read_answer(sock)[0] == 429:
+            return

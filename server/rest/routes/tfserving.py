@@ -15,6 +15,7 @@ from server.rest.tfscodec import encode_predict, model_metadata, model_status, p
 if TYPE_CHECKING:
     from auth import Principal
     from server.service.inference import InferenceService
+    from server.service.limits import Admission
 
 router = APIRouter(prefix="/v1/models", tags=["tensorflow-serving"], responses=READ)
 
@@ -26,15 +27,19 @@ async def run_predict(
     ref: str | None,
     *,
     body: bytes,
+    admission: Admission | None = None,
 ) -> bytes:
     """One predict call from its raw body: the JSON response body.
 
-    Shared by the documented routes below and the hot path (``server.rest.fastpath``).
+    Shared by the documented routes below and the hot path (``server.rest.fastpath``),
+    which may have admitted the call already (``admission``, released here).
     """
-    inference.admit(principal, model, ref)
-    info = await inference.version(principal, model, ref)
-    parsed, row = parse_predict(body, info.signature)
-    answer = await inference.infer(principal, model, str(info.version), parsed)
+    with admission or inference.admit(principal, model, ref) as admitted:
+        info = await inference.version(principal, model, ref)
+        parsed, row = parse_predict(body, info.signature)
+        answer = await inference.infer(
+            principal, model, str(info.version), parsed, admission=admitted
+        )
     return encode_predict(answer, row=row)
 
 

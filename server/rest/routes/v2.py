@@ -16,6 +16,7 @@ from server.rest.v2codec import HEADER_LENGTH, encode_response, parse_request
 if TYPE_CHECKING:
     from auth import Principal
     from server.service.inference import InferenceService
+    from server.service.limits import Admission
 
 router = APIRouter(tags=["inference"], responses=READ)
 
@@ -84,14 +85,16 @@ async def run_infer(
     *,
     body: bytes,
     header_length: str | None,
+    admission: Admission | None = None,
 ) -> tuple[bytes, str | None]:
     """One infer call from its raw body: the response body and its JSON header length.
 
-    Shared by the documented route below and the hot path (``server.rest.fastpath``).
+    Shared by the documented route below and the hot path (``server.rest.fastpath``),
+    which may have admitted the call already (``admission``, released here).
     """
-    inference.admit(principal, model, version)
-    parsed = parse_request(body, header_length)
-    answer = await inference.infer(principal, model, version, parsed)
+    with admission or inference.admit(principal, model, version) as admitted:
+        parsed = parse_request(body, header_length)
+        answer = await inference.infer(principal, model, version, parsed, admission=admitted)
     content, length = encode_response(answer, parsed)
     return content, None if length is None else str(length)
 

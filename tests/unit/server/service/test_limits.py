@@ -45,7 +45,7 @@ def test_refusing_is_true_only_for_a_while_after_a_refusal() -> None:
     assert not limits.refusing()
     limits.release("a")
     with pytest.raises(Overloaded):
-        limits.check("a")  # the empty bucket, through the head-only check
+        limits.admit("a")  # the empty bucket, through the transports' admission
     assert limits.refusing()
 
 
@@ -96,34 +96,37 @@ def test_default_burst_is_one_second_of_rate() -> None:
         limits.acquire("a")
 
 
-def test_check_refuses_like_acquire_but_admits_nothing() -> None:
-    """``check`` passes while a call would be admitted, refuses when not, and consumes nothing."""
+def test_an_admission_holds_its_token_and_place_until_released_once() -> None:
+    """``admit`` takes a token and a place at once; releasing twice frees the place once."""
     clock = Clock()
     refused: list[tuple[str, str]] = []
     limits = TenantLimits(
         rate=10,
         burst=2,
-        max_concurrency=3,
+        max_concurrency=2,
         clock=clock,
         on_limited=lambda t, r: refused.append((t, r)),
     )
-    limits.check("new")  # an unknown tenant is never refused
-    for _ in range(5):
-        limits.check("a")  # checking does not spend the bucket
-    limits.acquire("a")
-    limits.acquire("a")
+    # Two calls of a burst, admitted before either runs: the second took the last token.
+    first, second = limits.admit("a"), limits.admit("a")
     assert limits.in_flight("a") == 2
     with pytest.raises(Overloaded) as caught:
-        limits.check("a")  # the bucket is empty
+        limits.admit("a")  # the cap
+    with limits.admit("b"):  # another tenant's own bucket and cap
+        assert limits.in_flight("b") == 1
+    assert limits.in_flight("b") == 0
+    first.release()
+    first.release()  # a second release is a no-op: it must not free the other call's place
+    assert limits.in_flight("a") == 1
+    with pytest.raises(Overloaded) as caught:
+        limits.admit("a")  # a free place now, but the bucket is empty
     assert caught.value.retry_after == pytest.approx(0.1)
     clock.now += 0.1
-    limits.check("a")  # refilled by one
-    limits.acquire("a")
-    clock.now += 1
-    with pytest.raises(Overloaded):
-        limits.check("a")  # tokens again, but three calls already run
-    assert limits.in_flight("a") == 3
-    assert refused == [("a", "rate"), ("a", "concurrency")]
+    with limits.admit("a"):  # refilled by one
+        assert limits.in_flight("a") == 2
+    second.release()
+    assert limits.in_flight("a") == 0
+    assert refused == [("a", "concurrency"), ("a", "rate")]
 
 
 def test_gateways_sharing_a_table_are_limited_as_one(tmp_path: Path) -> None:
@@ -145,7 +148,7 @@ def test_gateways_sharing_a_table_are_limited_as_one(tmp_path: Path) -> None:
     second.acquire("a")
     assert first.in_flight("a") == second.in_flight("a") == 3
     with pytest.raises(Overloaded):
-        first.check("a")  # three run: the cap, though this process runs only one
+        first.acquire("a")  # three run: the cap, though this process runs only one
     first.release("a")
     second.acquire("a")  # the fourth token of the burst
     second.release("a")
@@ -241,7 +244,7 @@ def test_an_empty_bucket_refuses_until_its_next_token_with_a_shrinking_retry_aft
     waits = []
     for _ in range(3):
         with pytest.raises(Overloaded) as caught:
-            limits.check("a")
+            limits.acquire("a")
         waits.append(caught.value.retry_after)
         clock.now += 0.1
     assert waits == pytest.approx([0.25, 0.15, 0.05])
