@@ -113,7 +113,7 @@ class Gateway:
             max_concurrency=settings.tenant_max_concurrency,
             rate=settings.tenant_rate_limit,
             burst=settings.tenant_rate_burst,
-            on_limited=lambda tenant, reason: self.metrics.limited.labels(tenant, reason).inc(),
+            on_limited=self.metrics.count_limited,
             # With shared ports a tenant's calls land on any gateway: the limits are the host's.
             shared=(
                 SharedTenantTable(self.shared_dir / "tenant-limits", gateway=index)
