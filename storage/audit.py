@@ -141,7 +141,12 @@ class AuditLog:
 
         The action and its record commit together or not at all.
         """
-        head = self._lock_head(session)
+        seq = self._extend(session, self._lock_head(session), event)
+        session.flush()
+        return seq
+
+    def _extend(self, session: Session, head: AuditHead, event: AuditEvent) -> int:
+        """Add ``event`` after the locked ``head`` and move the head to it (not flushed)."""
         now = event.ts or datetime.now(UTC)
         entry = AuditEntry(
             seq=head.seq + 1,
@@ -165,7 +170,6 @@ class AuditLog:
             or (now - head.checkpoint_at).total_seconds() >= self._checkpoint_seconds
         ):
             self._checkpoint(session, head, now)
-        session.flush()
         return entry.seq
 
     def append_action(
@@ -196,12 +200,18 @@ class AuditLog:
             return self.append(session, event)
 
     def record_many(self, events: Sequence[AuditEvent]) -> None:
-        """Append several events in one transaction (batched inference records)."""
+        """Append several events in one transaction (batched inference records).
+
+        The head is locked once and the entries go to the database in one
+        flush: a busy gateway writes a batch every second, on a thread that
+        shares the interpreter with the calls it serves.
+        """
         if not events:
             return
         with unit_of_work(self._sessions, write=True) as session:
+            head = self._lock_head(session)
             for event in events:
-                self.append(session, event)
+                self._extend(session, head, event)
 
     def _lock_head(self, session: Session) -> AuditHead:
         head = session.scalar(select(AuditHead).where(AuditHead.id == 1).with_for_update())

@@ -217,3 +217,31 @@ def test_action_and_record_commit_together(registry, engine) -> None:
     assert registry.audit.verify().ok
     digest = hashlib.sha256(b"x").hexdigest()
     assert digest not in json.dumps(after)
+
+
+def test_a_batch_extends_the_chain_and_signs_checkpoints_inside_it(audit, engine) -> None:
+    """``record_many`` writes a batch under one lock: the chain and the checkpoints are as if one by one."""
+    batch = [
+        AuditEvent(
+            action="inference.calls",
+            resource="model:digits",
+            tenant_id="tenant-a",
+            actor=Actor(subject="cl_app", client_id="cl_app"),
+            details={"calls": [{"request_id": f"b{n}", "latency_ms": 0.5 + n}]},
+        )
+        for n in range(25)
+    ]
+    audit.record_many(batch)
+    assert audit.verify().ok
+    with Session(engine) as session:
+        seqs = session.scalars(text("SELECT seq FROM audit_checkpoints ORDER BY seq")).all()
+        last = session.scalar(text("SELECT max(seq) FROM audit_log"))
+    assert last == ENTRIES + len(batch)
+    # One checkpoint every 10 entries, two of them signed inside the batch.
+    assert seqs == [10, 20, 30, 40, 50]
+    first, final = _row(engine, ENTRIES + 1), _row(engine, last)
+    assert (first["details"]["calls"][0]["request_id"], first["prev_hash"]) == (
+        "b0",
+        _row(engine, ENTRIES)["hash"],
+    )
+    assert final["details"]["calls"][0]["request_id"] == "b24"
