@@ -89,7 +89,9 @@ class VerifyResult:
 
 def canonical(record: dict[str, Any]) -> bytes:
     """Sorted keys, no spaces, UTF-8: the one byte string an entry's hash covers."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(
+        record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
+    ).encode()
 
 
 def entry_record(entry: AuditEntry) -> dict[str, Any]:

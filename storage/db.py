@@ -7,9 +7,11 @@ not at all. Repositories never commit.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import QueuePool
@@ -66,6 +68,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # transactions begin in _sqlite_begin
 
 
+def dumps_json(value: Any) -> str:
+    """The text a JSON column stores for ``value``: what reads back as an equal value.
+
+    orjson when its text decodes to a value equal to ``value``, else the
+    standard library. The audit log writes thousands of call records a
+    second from a thread that shares the interpreter with the calls, and
+    orjson encodes them more than ten times faster. The check keeps what
+    orjson would change on the old path: NaN (which it writes as null), a
+    tuple, a key that is not a string, an integer past 64 bits.
+    """
+    try:
+        text = orjson.dumps(value)
+        if orjson.loads(text) == value:
+            return text.decode()
+    except TypeError:  # orjson.JSONEncodeError: a type or a size it does not take
+        pass
+    return json.dumps(value)
+
+
 def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
     """Create an engine with the settings this project relies on.
 
@@ -80,6 +101,7 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
         engine = create_engine(
             url,
             echo=echo,
+            json_serializer=dumps_json,
             connect_args={"check_same_thread": False, "timeout": 30},
             **(
                 {}
@@ -97,6 +119,7 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
     return create_engine(
         url,
         echo=echo,
+        json_serializer=dumps_json,
         isolation_level="READ COMMITTED",
         pool_size=pool_size,
         max_overflow=pool_size,
