@@ -785,7 +785,7 @@ def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
         "--only", choices=("all", "digits", "cnn", "fairness", "audit"), default="all"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="audit: on/off rounds; fairness: alone/flooded rounds"
+        "--rounds", type=int, default=5, help="audit: on/off rounds; fairness: alone/flooded rounds"
     )
     parser.add_argument(
         "--rate-limit", type=float, default=200.0, help="fairness: req/s per tenant"
