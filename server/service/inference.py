@@ -164,8 +164,8 @@ class InferenceService:
 
         Without an ``admission`` from ``admit``, the call is admitted under its
         tenant's limits while it runs on a worker. Every call, refused or not,
-        is queued for the audit log (batched per
-        tenant, flushed within a second) when a recorder is configured.
+        is queued for the audit log (batched per tenant, flushed within a
+        second) when a recorder is configured.
         """
         if self._recorder is None:
             return await self._infer(principal, model, ref, request, admission)
