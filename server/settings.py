@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     """Calls the gateway may hold waiting for one worker; more are refused as overloaded."""
 
     tenant_max_concurrency: int = Field(default=0, ge=0)
-    """Inference calls one tenant may have running at once; 0: no limit."""
+    """Inference calls one tenant may have in progress (admitted, not answered); 0: no limit."""
 
     tenant_rate_limit: float = Field(default=0.0, ge=0)
     """Sustained inference calls per second per tenant (token bucket); 0: no limit."""

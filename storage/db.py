@@ -71,16 +71,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def dumps_json(value: Any) -> str:
     """The text a JSON column stores for ``value``: what reads back as an equal value.
 
-    orjson when its text decodes to a value equal to ``value``, else the
-    standard library. The audit log writes thousands of call records a
-    second from a thread that shares the interpreter with the calls, and
-    orjson encodes them more than ten times faster. The check keeps what
-    orjson would change on the old path: NaN (which it writes as null), a
-    tuple, a key that is not a string, an integer past 64 bits.
+    orjson when its text is ASCII and decodes to a value equal to ``value``,
+    else the standard library. The audit log writes thousands of call
+    records a second from a thread that shares the interpreter with the
+    calls, and orjson encodes them more than ten times faster. The check
+    keeps on the old path what orjson would change: NaN (which it writes
+    as null), a tuple, a key that is not a string, an integer past 64 bits,
+    and text outside ASCII (which the standard library escapes, so a
+    database whose encoding is not UTF-8 takes it as before).
     """
     try:
         text = orjson.dumps(value)
-        if orjson.loads(text) == value:
+        if text.isascii() and orjson.loads(text) == value:
             return text.decode()
     except TypeError:  # orjson.JSONEncodeError: a type or a size it does not take
         pass
