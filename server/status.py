@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from http import HTTPStatus
 
+import structlog
+
 from auth import errors as auth
 from compress import errors as compress
 from server.errors import StartupError
@@ -95,6 +97,17 @@ def spec_for(error: BaseException) -> ErrorSpec:
         if spec is not None:
             return spec
     return INTERNAL
+
+
+def log_if_hidden(error: BaseException, spec: ErrorSpec) -> None:
+    """Log, with its trace, an error whose message the client will not see (an internal one)."""
+    if not spec.expose_message:
+        structlog.get_logger(__name__).error(
+            "unhandled error",
+            error_type=type(error).__name__,
+            detail=getattr(error, "detail", None),
+            exc_info=error,
+        )
 
 
 def public_message(error: BaseException, spec: ErrorSpec) -> str:

@@ -20,7 +20,7 @@ import grpc
 import structlog
 
 from server.policy import grpc_operation
-from server.status import public_message, spec_for
+from server.status import log_if_hidden, public_message, spec_for
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from auth import Principal
     from server.service.access import AccessControl
 
-log = structlog.get_logger(__name__)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _principal: ContextVar[Principal | None] = ContextVar("grpc_principal", default=None)
 
@@ -41,13 +40,7 @@ def current_principal() -> Principal | None:
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
     """End the call with the status the error table gives ``exc``."""
     spec = spec_for(exc)
-    if not spec.expose_message:
-        log.error(
-            "unhandled error",
-            error_type=type(exc).__name__,
-            detail=getattr(exc, "detail", None),
-            exc_info=exc,
-        )
+    log_if_hidden(exc, spec)
     context.set_trailing_metadata((("error-code", spec.public_code),))
     await context.abort(grpc.StatusCode[spec.grpc], public_message(exc, spec))
 

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from auth import InvalidClient, OAuthError
-from server.status import ERROR_TABLE, public_message, spec_for
+from server.status import ERROR_TABLE, log_if_hidden, public_message, spec_for
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -70,14 +70,8 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, OAuthError):
         return _oauth_error(request, exc)
     spec = spec_for(exc)
-    if not spec.expose_message:
-        log.error(
-            "unhandled error",
-            error_type=type(exc).__name__,
-            detail=getattr(exc, "detail", None),
-            exc_info=exc,
-        )
-    elif getattr(exc, "detail", None):
+    log_if_hidden(exc, spec)
+    if spec.expose_message and getattr(exc, "detail", None):
         log.info("request refused", error_type=type(exc).__name__, detail=exc.detail)  # type: ignore[attr-defined]
     headers: dict[str, str] = {}
     wait = retry_after(exc)
