@@ -17,6 +17,7 @@ from server.service.audit import (
     AuditRecorder,
     CallRecord,
     DenialKey,
+    calls_in,
 )
 from storage import make_session_factory
 from storage.audit import AuditLog
@@ -38,6 +39,20 @@ def _call(tenant: str, n: int) -> CallRecord:
         latency_ms=0.5 + n / 1000,
         request_id=f"{tenant}-{n}",
     )
+
+
+def _written(tenant: str, n: int) -> dict:
+    """What ``calls_in`` reads back for ``_call(tenant, n)``."""
+    call = _call(tenant, n)
+    return {
+        "model": call.model,
+        "version": call.version,
+        "subject": call.subject,
+        "client_id": call.client_id,
+        "outcome": call.outcome,
+        "request_id": call.request_id,
+        "latency_us": round(call.latency_ms * 1000),
+    }
 
 
 def test_calls_become_bounded_entries_per_tenant_in_order(engine, master_keys) -> None:
@@ -63,18 +78,75 @@ def test_calls_become_bounded_entries_per_tenant_in_order(engine, master_keys) -
     ]
     by_tenant: dict[str, list[dict]] = {}
     for entry in sorted(entries, key=lambda e: e["seq"]):
-        calls = entry["details"]["calls"]
+        calls = calls_in(entry["details"])
         assert 0 < len(calls) <= CALLS_PER_ENTRY
         assert entry["resource"] == f"calls:{len(calls)}"
         expected = "success" if all(c["outcome"] == "success" for c in calls) else "failure"
         assert entry["outcome"] == expected
         by_tenant.setdefault(entry["tenant_id"], []).extend(calls)
-    assert [c["request_id"] for c in by_tenant["tenant-a"]] == [
-        f"tenant-a-{n}" for n in range(1234)
-    ]
-    assert [c["request_id"] for c in by_tenant["tenant-b"]] == [f"tenant-b-{n}" for n in range(10)]
+    for tenant, count in (("tenant-a", 1234), ("tenant-b", 10)):
+        calls = by_tenant[tenant]
+        assert sorted(c["request_id"] for c in calls) == sorted(
+            f"{tenant}-{n}" for n in range(count)
+        )
+        assert all(c == _written(tenant, int(c["request_id"].rsplit("-", 1)[1])) for c in calls)
+        for outcome in ("success", "invalid_request"):  # each group in arrival order
+            numbers = [
+                int(c["request_id"].rsplit("-", 1)[1]) for c in calls if c["outcome"] == outcome
+            ]
+            assert numbers == sorted(numbers)
     assert len([e for e in entries if e["tenant_id"] == "tenant-a"]) == 3
     assert log.verify().ok
+
+
+def test_calls_that_share_model_caller_and_outcome_form_one_group(engine, master_keys) -> None:
+    """An entry lists each group's fields once and its calls' ids and latencies side by side."""
+    log = AuditLog(session_factory=make_session_factory(engine), master_keys=master_keys)
+
+    async def scenario() -> None:
+        recorder = AuditRecorder(log)
+        for n in range(1, 8):  # 1-6 succeed, 7 is refused for its content
+            await recorder.submit_call(_call("tenant-e", n))
+        await recorder.submit_call(replace(_call("tenant-e", 8), client_id="cl_other"))
+        await recorder.stop()
+
+    asyncio.run(scenario())
+    (entry,) = log.query(tenant_id="tenant-e", action="inference.calls", limit=10)
+    shared = {"model": "digits", "version": "1", "subject": "cl_app"}
+    assert entry["details"] == {
+        "groups": [
+            {
+                **shared,
+                "client_id": "cl_app",
+                "outcome": "success",
+                "request_ids": [f"tenant-e-{n}" for n in range(1, 7)],
+                "latency_us": [500 + n for n in range(1, 7)],
+            },
+            {
+                **shared,
+                "client_id": "cl_app",
+                "outcome": "invalid_request",
+                "request_ids": ["tenant-e-7"],
+                "latency_us": [507],
+            },
+            {
+                **shared,
+                "client_id": "cl_other",
+                "outcome": "success",
+                "request_ids": ["tenant-e-8"],
+                "latency_us": [508],
+            },
+        ]
+    }
+    assert (entry["resource"], entry["outcome"]) == ("calls:8", "failure")
+    assert log.verify().ok
+
+
+def test_calls_in_reads_entries_written_before_calls_were_grouped() -> None:
+    """An older entry's list of call objects reads like a grouped one."""
+    old = {"calls": [{**_written("t", 3), "latency_ms": 0.503}]}
+    del old["calls"][0]["latency_us"]
+    assert calls_in(old) == [_written("t", 3)]
 
 
 def test_a_full_queue_makes_callers_wait_until_a_flush(engine, master_keys) -> None:
@@ -98,7 +170,7 @@ def test_a_full_queue_makes_callers_wait_until_a_flush(engine, master_keys) -> N
     calls = [
         call
         for entry in log.query(tenant_id="tenant-c", action="inference.calls", limit=100)
-        for call in entry["details"]["calls"]
+        for call in calls_in(entry["details"])
     ]
     assert sorted(c["request_id"] for c in calls) == [f"tenant-c-{n}" for n in range(6)]
 
@@ -133,7 +205,7 @@ def test_refusals_by_a_tenants_own_limits_are_counted_not_kept_one_by_one(
     assert entry["resource"] == "refused:3000"
     assert entry["outcome"] == "failure"
     (calls,) = log.query(tenant_id="tenant-d", action="inference.calls", limit=10)
-    assert [c["request_id"] for c in calls["details"]["calls"]] == ["tenant-d-1"]
+    assert [c["request_id"] for c in calls_in(calls["details"])] == ["tenant-d-1"]
     assert log.verify().ok
 
 
@@ -255,7 +327,7 @@ def test_a_write_the_database_refuses_is_kept_and_written_first_later(engine, ma
     entries = sorted(
         log.query(tenant_id="tenant-g", action="inference.calls", limit=10), key=lambda e: e["seq"]
     )
-    assert [[c["request_id"] for c in e["details"]["calls"]] for e in entries] == [
+    assert [[c["request_id"] for c in calls_in(e["details"])] for e in entries] == [
         [f"tenant-g-{n}" for n in range(5)],
         [f"tenant-g-{n}" for n in range(5, 8)],
     ]
@@ -310,7 +382,7 @@ def test_stop_during_a_flush_writes_each_record_once(engine, master_keys) -> Non
 
     asyncio.run(scenario())
     (entry,) = log.query(tenant_id="tenant-i", action="inference.calls", limit=10)
-    assert [c["request_id"] for c in entry["details"]["calls"]] == [
+    assert [c["request_id"] for c in calls_in(entry["details"])] == [
         f"tenant-i-{n}" for n in range(3)
     ]
     assert log.verify().ok
