@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from server.pool.process import settings_for_worker
+from server.spawn import module_command
 
 if TYPE_CHECKING:
     from server.settings import Settings
@@ -91,7 +92,7 @@ class Replicas:
         self._watcher = asyncio.create_task(self._watch())
 
     def _spawn(self, replica: _Replica) -> None:
-        command = [sys.executable, "-m", "server.replicas", "--index", str(replica.index)]
+        command = module_command("server.replicas", "--index", str(replica.index))
         if self._shared_dir is not None:
             command += ["--shared-dir", str(self._shared_dir)]
         replica.process = subprocess.Popen(command, stdin=subprocess.PIPE)  # noqa: S603 - ours

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from server.service.errors import InvalidRequest
+from server.spawn import module_command
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -41,7 +42,7 @@ def check_tflite(path: Path) -> TFLiteCheck:
         raise InvalidRequest(msg)
     try:
         done = subprocess.run(  # noqa: S603 - our own module, a file path we created
-            [sys.executable, "-m", "server.tflite_check", str(path)],
+            module_command("server.tflite_check", str(path)),
             capture_output=True,
             text=True,
             timeout=CHECK_TIMEOUT_SECONDS,

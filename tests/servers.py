@@ -83,14 +83,19 @@ class ServerProcess:
 
 
 def start_server(
-    env: dict[str, str], log: Path, *, timeout: float = 60, ports: tuple[str, str] | None = None
+    env: dict[str, str],
+    log: Path,
+    *,
+    timeout: float = 60,
+    ports: tuple[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> ServerProcess:
-    """Start ``sealserve serve`` (on free ports unless given) and wait until it is ready."""
+    """Start ``sealserve serve`` (on free ports unless given, in ``cwd``) and wait until it is ready."""
     rest, grpc_port = (int(ports[0]), int(ports[1])) if ports else (free_port(), free_port())
     env = {**env, "SEALSERVE_REST_PORT": str(rest), "SEALSERVE_GRPC_PORT": str(grpc_port)}
     with log.open("wb") as handle:  # the child keeps its own descriptor
         process = subprocess.Popen(  # noqa: S603 - our own console script
-            [SEALSERVE, "serve"], env=env, stdout=handle, stderr=subprocess.STDOUT
+            [SEALSERVE, "serve"], env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd
         )
     server = ServerProcess(process, rest, grpc_port, log)
     deadline = time.monotonic() + timeout

@@ -16,12 +16,13 @@ import contextlib
 import json
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
+from server.spawn import module_command
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -176,9 +177,7 @@ async def run_job_process(
     """
     with directory.stderr.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "server.jobs.worker",
+            *module_command("server.jobs.worker"),
             str(directory.root),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

@@ -21,7 +21,6 @@ import contextlib
 import json
 import signal
 import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ import grpc
 from protos import worker_pb2, worker_pb2_grpc
 from server.pool.frames import FrameChannel, frames_path
 from server.pool.worker import GRPC_OPTIONS
+from server.spawn import module_command
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -141,9 +141,7 @@ class WorkerProcess:
         self.socket_path.unlink(missing_ok=True)
         self.process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
             [
-                sys.executable,
-                "-m",
-                "server.pool.worker",
+                *module_command("server.pool.worker"),
                 "--socket",
                 str(self.socket_path),
                 "--settings-json",

@@ -185,8 +185,15 @@ def workers_up(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> 
 
 @pytest.fixture(scope="module")
 def gateways(tmp_path_factory: pytest.TempPathFactory):
-    """``init --demo`` and ``serve`` with two gateways and two workers, ready (so both listen)."""
+    """``init --demo`` and ``serve`` with two gateways and two workers, ready (so both listen).
+
+    Started from a directory holding a ``server`` package of its own, which the
+    processes the server starts must not import in place of ours.
+    """
     data_dir = tmp_path_factory.mktemp("gateways")
+    decoy = tmp_path_factory.mktemp("decoy")
+    (decoy / "server").mkdir()
+    (decoy / "server" / "__init__.py").write_text("raise SystemExit('the decoy was imported')\n")
     env = server_env(
         data_dir,
         SEALSERVE_WORKERS="2",
@@ -195,7 +202,7 @@ def gateways(tmp_path_factory: pytest.TempPathFactory):
         SEALSERVE_LOG_LEVEL="INFO",
     )
     subprocess.run([SEALSERVE, "init", "--demo"], env=env, check=True, capture_output=True)  # noqa: S603
-    running = start_server(env, data_dir / "server.log")
+    running = start_server(env, data_dir / "server.log", cwd=decoy)
     try:
         replica = wait_for(
             lambda: children(running.process.pid, b"server.replicas"), 30, "the replica"
