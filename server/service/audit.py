@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -57,12 +57,14 @@ class _Write:
     """One transaction's worth of records, kept until the database has taken it."""
 
     events: list[AuditEvent]
-    calls: deque[CallRecord]
+    calls: dict[str, list[_CallsEntry]]
+    """Per tenant, its ``inference.calls`` entries to be."""
+    call_count: int
     counted: list[AuditEvent]
 
     @property
     def records(self) -> int:
-        return len(self.events) + len(self.calls) + len(self.counted)
+        return len(self.events) + self.call_count + len(self.counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +116,8 @@ class AuditRecorder:
 
     Inference calls are grouped per tenant into one chained entry per flush
     (``inference.calls``, each call's request id and latency in its details,
-    see ``calls_in``), so serving pays a queue put per call rather than a row
-    and a hash.
+    see ``calls_in``), so serving pays two list appends per call rather than a
+    row and a hash.
     """
 
     def __init__(
@@ -123,8 +125,10 @@ class AuditRecorder:
     ) -> None:
         self._audit = audit
         self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(maxsize=max_queue)
-        # Calls arrive at request rates: a plain deque, taken whole by each flush.
-        self._calls: deque[CallRecord] = deque()
+        # Calls arrive at request rates: each goes straight into its entry's
+        # columns (see _CallsEntry); a flush takes them whole.
+        self._calls: dict[str, list[_CallsEntry]] = {}
+        self._call_count = 0
         self._refusals: Counter[RefusalKey] = Counter()
         self._denials: Counter[DenialKey] = Counter()
         self._denial_keys: Counter[tuple[str, str | None]] = Counter()
@@ -141,10 +145,16 @@ class AuditRecorder:
 
     async def submit_call(self, call: CallRecord) -> None:
         """Queue one inference call's record; waits while the queue is full."""
-        while len(self._calls) >= self._max_calls:
+        while self._call_count >= self._max_calls:
             self._room.clear()
             await self._room.wait()
-        self._calls.append(call)
+        entries = self._calls.get(call.tenant_id)
+        if entries is None:
+            entries = self._calls[call.tenant_id] = [_CallsEntry()]
+        elif entries[-1].count >= CALLS_PER_ENTRY:
+            entries.append(_CallsEntry())
+        entries[-1].add(call)
+        self._call_count += 1
 
     def count_refusal(self, call: CallRecord, reason: str) -> None:
         """Count one call the tenant's own limit (``reason``) refused; no record of its own."""
@@ -197,7 +207,7 @@ class AuditRecorder:
         return (
             unwritten
             + self._queue.qsize()
-            + len(self._calls)
+            + self._call_count
             + len(self._refusals)
             + len(self._denials)
         )
@@ -229,7 +239,8 @@ class AuditRecorder:
         # while it writes wait for the next tick, so a busy server writes one
         # transaction a second rather than a stream of small ones.
         events = self._queue.qsize()
-        calls, self._calls = self._calls, deque()
+        calls, self._calls = self._calls, {}
+        call_count, self._call_count = self._call_count, 0
         refusals, self._refusals = self._refusals, Counter()
         denials, self._denials = self._denials, Counter()
         self._denial_keys = Counter()
@@ -241,13 +252,18 @@ class AuditRecorder:
             events -= len(batch)
             # Records become entries in the thread, not on the event loop.
             counted = [*_refusal_events(refusals), *_denial_events(denials)]
-            self._unwritten = _Write(batch, calls, counted)
+            self._unwritten = _Write(batch, calls, call_count, counted)
             await run_in_threadpool(self._write, self._unwritten)
             self._unwritten = None
-            calls, refusals, denials = deque(), Counter(), Counter()
+            calls, call_count, refusals, denials = {}, 0, Counter(), Counter()
 
     def _write(self, write: _Write) -> None:
-        self._audit.record_many([*write.events, *_call_events(write.calls), *write.counted])
+        calls = [
+            entry.event(tenant_id)
+            for tenant_id, entries in write.calls.items()
+            for entry in entries
+        ]
+        self._audit.record_many([*write.events, *calls, *write.counted])
 
 
 def _reason(exc: BaseException) -> str:
@@ -261,58 +277,59 @@ _GroupKey = tuple[str, str, str | None, str | None, str]
 """Model, version, subject, client id and outcome: what the calls of one group share."""
 
 
-def _call_events(calls: deque[CallRecord]) -> list[AuditEvent]:
-    """Calls grouped per tenant, ``CALLS_PER_ENTRY`` at most per entry, in arrival order.
+class _CallsEntry:
+    """One ``inference.calls`` entry to be: up to ``CALLS_PER_ENTRY`` calls of a tenant.
 
-    Within an entry, calls that share model, version, caller and outcome form
-    one group that lists their request ids and latencies (integer
-    microseconds) side by side: a busy gateway writes thousands of records a
-    second, and repeating each call's model and caller cost the event loop's
-    interpreter several times the work this does.
+    Calls that share model, version, caller and outcome form one group, which
+    names those once and lists its calls' request ids and latencies (integer
+    microseconds) side by side, each group in arrival order. A busy gateway
+    records thousands of calls a second; an object per call, repeating its
+    model and caller, cost several times this in building and in the JSON
+    its hash covers, on a thread that shares the interpreter with the calls.
     """
-    by_tenant: dict[str, list[CallRecord]] = defaultdict(list)
-    for call in calls:
-        by_tenant[call.tenant_id].append(call)
-    return [
-        _calls_entry(tenant_id, records[start : start + CALLS_PER_ENTRY])
-        for tenant_id, records in by_tenant.items()
-        for start in range(0, len(records), CALLS_PER_ENTRY)
-    ]
 
+    __slots__ = ("columns", "count")
 
-def _calls_entry(tenant_id: str, calls: list[CallRecord]) -> AuditEvent:
-    columns: dict[_GroupKey, tuple[list[str | None], list[int]]] = {}
-    for call in calls:
+    def __init__(self) -> None:
+        self.count = 0
+        self.columns: dict[_GroupKey, tuple[list[str | None], list[int]]] = {}
+
+    def add(self, call: CallRecord) -> None:
+        """Add ``call`` to its group."""
         key = (call.model, call.version, call.subject, call.client_id, call.outcome)
-        column = columns.get(key)
+        column = self.columns.get(key)
         if column is None:
-            column = columns[key] = ([], [])
+            column = self.columns[key] = ([], [])
         column[0].append(call.request_id)
         column[1].append(round(call.latency_ms * 1000))
-    return AuditEvent(
-        action="inference.calls",
-        resource=f"calls:{len(calls)}",
-        tenant_id=tenant_id,
-        outcome="success" if all(key[4] == "success" for key in columns) else "failure",
-        actor=Actor(subject="gateway"),
-        details={
-            "groups": [
-                {
-                    "model": model,
-                    "version": version,
-                    "subject": subject,
-                    "client_id": client_id,
-                    "outcome": outcome,
-                    "request_ids": request_ids,
-                    "latency_us": latencies,
-                }
-                for (model, version, subject, client_id, outcome), (
-                    request_ids,
-                    latencies,
-                ) in columns.items()
-            ]
-        },
-    )
+        self.count += 1
+
+    def event(self, tenant_id: str) -> AuditEvent:
+        """The entry, for the audit log."""
+        return AuditEvent(
+            action="inference.calls",
+            resource=f"calls:{self.count}",
+            tenant_id=tenant_id,
+            outcome="success" if all(key[4] == "success" for key in self.columns) else "failure",
+            actor=Actor(subject="gateway"),
+            details={
+                "groups": [
+                    {
+                        "model": model,
+                        "version": version,
+                        "subject": subject,
+                        "client_id": client_id,
+                        "outcome": outcome,
+                        "request_ids": request_ids,
+                        "latency_us": latencies,
+                    }
+                    for (model, version, subject, client_id, outcome), (
+                        request_ids,
+                        latencies,
+                    ) in self.columns.items()
+                ]
+            },
+        )
 
 
 def calls_in(details: dict[str, Any]) -> list[dict[str, Any]]:
