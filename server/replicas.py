@@ -4,7 +4,7 @@ One Python process serves HTTP, gRPC and token checks on one core at most,
 so a host with several cores runs several gateways on the same ports
 (``SO_REUSEPORT``: the kernel spreads new connections over them). The first
 gateway, the one ``sealserve serve`` started, binds the ports and then runs
-``python -m server.replicas`` once per other gateway. Each replica is a
+``python -P -m server.replicas`` once per other gateway. Each replica is a
 whole gateway (its own share of the workers, token cache, deny-list and
 audit recorder) except for the intake job supervisor, which only the
 primary runs. Settings reach a replica as one JSON line on its stdin, so

@@ -18,6 +18,7 @@ import os
 import signal
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -63,6 +64,11 @@ class Outcome:
 def job_environment(directory: JobDirectory, *, threads: int) -> dict[str, str]:
     """The job process's whole environment."""
     env = {name: os.environ[name] for name in _INHERITED if name in os.environ}
+    # An empty or relative PYTHONPATH entry would put the job's own directory
+    # (its working directory, which holds the upload) back on sys.path.
+    paths = [p for p in env.pop("PYTHONPATH", "").split(os.pathsep) if Path(p).is_absolute()]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
     home = str(directory.home)
     env.update(
         {
@@ -169,7 +175,7 @@ async def run_job_process(
     on_progress: Callable[[str, float], Awaitable[None]],
     memory_limit: int = 0,
 ) -> Outcome:
-    """Start ``python -m server.jobs.worker`` on ``directory`` and wait for its verdict.
+    """Start ``python -P -m server.jobs.worker`` on ``directory`` and wait for its verdict.
 
     Past ``timeout`` seconds, past ``memory_limit`` resident bytes (0: no
     limit), or when the caller is cancelled (the gateway is stopping), the

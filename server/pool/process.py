@@ -1,6 +1,6 @@
 """One local worker process as the gateway sees it: spawn, channel, readiness, end.
 
-Workers are started as ``python -m server.pool.worker --settings-json -``
+Workers are started as ``python -P -m server.pool.worker --settings-json -``
 (the same entry point a remote ``sealserve worker`` will use), not through
 ``multiprocessing``: nothing is pickled, no start method is set globally, and
 the child imports only what a worker needs.

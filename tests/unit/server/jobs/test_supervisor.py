@@ -152,6 +152,17 @@ def test_the_job_process_environment_holds_no_secret(intake, monkeypatch) -> Non
     assert env["TF_NUM_INTRAOP_THREADS"] == "2"
 
 
+def test_the_job_process_never_imports_from_its_own_directory(intake, monkeypatch) -> None:
+    """Relative or empty PYTHONPATH entries (the job's working directory) are left out."""
+    directory = JobDirectory.of(intake.staging, "6f1c1e2a-0000-4000-8000-000000000004")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["", ".", "/opt/lib", "lib", "/srv/x"]))
+    assert job_environment(directory, threads=0)["PYTHONPATH"] == os.pathsep.join(
+        ["/opt/lib", "/srv/x"]
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["", "."]))
+    assert "PYTHONPATH" not in job_environment(directory, threads=0)
+
+
 def test_a_job_over_its_memory_limit_is_killed_and_failed(make_intake, tmp_path) -> None:
     """Past ``jobs_memory_mb`` resident, the process group is killed; the job says why."""
     intake = make_intake(jobs_memory_mb=200)  # importing TensorFlow alone takes over 500 MiB
