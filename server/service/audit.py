@@ -114,10 +114,10 @@ class DenialKey(NamedTuple):
 class AuditRecorder:
     """Batches events into the audit log from the event loop.
 
-    Inference calls are grouped per tenant into one chained entry per flush
-    (``inference.calls``, each call's request id and latency in its details,
-    see ``calls_in``), so serving pays two list appends per call rather than a
-    row and a hash.
+    Inference calls are grouped per tenant into chained entries of at most
+    ``CALLS_PER_ENTRY`` calls per flush (``inference.calls``, each call's
+    request id and latency in its details, see ``calls_in``), so serving pays
+    two list appends per call rather than a row and a hash.
     """
 
     def __init__(
@@ -250,7 +250,7 @@ class AuditRecorder:
             while len(batch) < min(events, MAX_BATCH):
                 batch.append(self._queue.get_nowait())
             events -= len(batch)
-            # Records become entries in the thread, not on the event loop.
+            # Call entries become events in the thread, not on the event loop.
             counted = [*_refusal_events(refusals), *_denial_events(denials)]
             self._unwritten = _Write(batch, calls, call_count, counted)
             await run_in_threadpool(self._write, self._unwritten)
@@ -282,7 +282,8 @@ class _CallsEntry:
 
     Calls that share model, version, caller and outcome form one group, which
     names those once and lists its calls' request ids and latencies (integer
-    microseconds) side by side, each group in arrival order. A busy gateway
+    microseconds) side by side: each group's calls in arrival order, the
+    groups in the order of their first call. A busy gateway
     records thousands of calls a second; an object per call, repeating its
     model and caller, cost several times this in building and in the JSON
     its hash covers, on a thread that shares the interpreter with the calls.
@@ -333,7 +334,7 @@ class _CallsEntry:
 
 
 def calls_in(details: dict[str, Any]) -> list[dict[str, Any]]:
-    """The calls an ``inference.calls`` entry records, one dict each, group by group.
+    """The calls an ``inference.calls`` entry's ``details`` record, one dict each, group by group.
 
     Each has ``model``, ``version``, ``subject``, ``client_id``, ``outcome``,
     ``request_id`` and ``latency_us``. Entries written before calls were

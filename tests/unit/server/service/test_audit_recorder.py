@@ -56,7 +56,7 @@ def _written(tenant: str, n: int) -> dict:
 
 
 def test_calls_become_bounded_entries_per_tenant_in_order(engine, master_keys) -> None:
-    """1,234 calls of one tenant and 10 of another: 3 + 1 entries, every call once, in order."""
+    """1,234 calls of one tenant and 10 of another: 3 + 1 entries, each call once, in group order."""
     log = AuditLog(session_factory=make_session_factory(engine), master_keys=master_keys)
     before = log.query(tenant_id=None, all_tenants=True, action="inference.calls", limit=1000)
 
