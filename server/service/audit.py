@@ -283,10 +283,10 @@ class _CallsEntry:
     Calls that share model, version, caller and outcome form one group, which
     names those once and lists its calls' request ids and latencies (integer
     microseconds) side by side: each group's calls in arrival order, the
-    groups in the order of their first call. A busy gateway
-    records thousands of calls a second; an object per call, repeating its
-    model and caller, cost several times this in building and in the JSON
-    its hash covers, on a thread that shares the interpreter with the calls.
+    groups in the order of their first call. A busy gateway records thousands
+    of calls a second; an object per call, repeating its model and caller,
+    cost several times this in building and in the JSON its hash covers, on
+    a thread that shares the interpreter with the calls.
     """
 
     __slots__ = ("columns", "count")
