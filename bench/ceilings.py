@@ -10,6 +10,13 @@ so this script measures both ceilings here, with the load generators and
 settings ``bench/load.py`` uses (``wrk`` with 2 threads and 64 connections;
 ``h2load`` with 16 connections of 4 streams), to tell how today's machine
 compares with the issue's before reading ``bench/load.py``'s figures.
+
+It also measures the floor under the issue's latency target (p99 under 3 ms
+at c=8): the same bare app at 8 connections, in two processes and in four
+(as many as ``bench/load.py``'s server runs: two gateways and two
+workers). The bare app answers in microseconds, so what its p99 shows is
+what the kernel's scheduler costs when that many busy processes and the
+load generator share two cores.
 """
 
 from __future__ import annotations
@@ -24,10 +31,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from load import grpc_frame, v2_json, wrk
+from load import Point, grpc_frame, v2_json, wrk
 
 ISSUE = {"asgi": (32_000, 48_000), "grpc": (6_000, 6_500)}
 """The issue's figures for one and two processes (req/s)."""
+LATENCY_PROCESSES = (2, 4)
+"""Bare app processes for the latency floor: one per core, and one per server process."""
+LATENCY_ROUNDS = 3
 
 BARE_ASGI = """
 import numpy as np
@@ -76,8 +86,10 @@ def wait_listening(port: int, timeout: float = 30) -> None:
     raise SystemExit(msg)
 
 
-def bare_asgi(processes: int, seconds: float) -> float:
-    """Requests/s of the bare ASGI app in ``processes`` uvicorn workers."""
+def bare_asgi(
+    processes: int, seconds: float, *, connections: int = 64, rounds: int = 1
+) -> list[Point]:
+    """``rounds`` wrk runs at ``connections`` against the bare app in ``processes`` workers."""
     port = free_port()
     body = v2_json("digits", np.full((1, 64), 0.5, np.float32))
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,14 +118,23 @@ def bare_asgi(processes: int, seconds: float) -> float:
         try:
             wait_listening(port)
             time.sleep(1)  # every worker process up, not only the first
-            point = wrk(f"http://127.0.0.1:{port}", body, "-", connections=64, seconds=seconds)
+            url = f"http://127.0.0.1:{port}"
+            points = [
+                wrk(url, body, "-", connections=connections, seconds=seconds) for _ in range(rounds)
+            ]
         finally:
             server.terminate()
             server.wait(30)
-    if point.failed:
-        msg = f"{point.failed} failed requests against the bare ASGI app"
+    failed = sum(point.failed for point in points)
+    if failed:
+        msg = f"{failed} failed requests against the bare ASGI app"
         raise SystemExit(msg)
-    return point.rate
+    return points
+
+
+def bare_asgi_rate(processes: int, seconds: float) -> float:
+    """Requests/s of the bare ASGI app in ``processes`` uvicorn workers at c=64."""
+    return bare_asgi(processes, seconds)[0].rate
 
 
 async def _grpc_server(port: int) -> None:
@@ -183,7 +204,7 @@ def main() -> None:
         uvloop.run(_grpc_server(args.grpc_server))
         return
     rows = []
-    for kind, measure in (("asgi", bare_asgi), ("grpc", bare_grpc)):
+    for kind, measure in (("asgi", bare_asgi_rate), ("grpc", bare_grpc)):
         for processes in (1, 2):
             rate = measure(processes, args.seconds)
             issue = ISSUE[kind][processes - 1]
@@ -199,6 +220,27 @@ def main() -> None:
             "bare ASGI (uvicorn, httptools, uvloop, orjson)" if kind == "asgi" else "bare grpc.aio"
         )
         print(f"| {name} | {processes} | {rate:,.0f} | {issue:,} | {rate / issue:.0%} |")
+    latency_floor(args.seconds)
+
+
+def latency_floor(seconds: float) -> None:
+    """The bare app's p50 and p99 at c=8 in two and four processes, a few rounds each."""
+    print(f"\nbare ASGI at c=8, {LATENCY_ROUNDS} rounds each (the issue's target: p99 < 3 ms):")
+    rows = []
+    for processes in LATENCY_PROCESSES:
+        points = bare_asgi(processes, seconds, connections=8, rounds=LATENCY_ROUNDS)
+        rows.append((processes, points))
+        print(
+            f"bare asgi {processes} process(es) c=8: "
+            + ", ".join(f"p50 {p.p50_ms:.2f} p99 {p.p99_ms:.2f} ms" for p in points)
+        )
+    print("\n| latency floor | processes | req/s | p50 ms | p99 ms (each round) |")
+    print("|---|---|---|---|---|")
+    for processes, points in rows:
+        rates = f"{min(p.rate for p in points):,.0f}-{max(p.rate for p in points):,.0f}"
+        p50 = f"{min(p.p50_ms for p in points):.2f}-{max(p.p50_ms for p in points):.2f}"
+        p99 = " / ".join(f"{p.p99_ms:.2f}" for p in points)
+        print(f"| bare ASGI, c=8 | {processes} | {rates} | {p50} | {p99} |")
 
 
 if __name__ == "__main__":
