@@ -625,7 +625,43 @@ TARGETS = (
 )
 
 
-def verdicts(rows: list[dict[str, Any]], ceilings: dict[str, dict[str, float]]) -> list[str]:
+def latency_floor(args: argparse.Namespace) -> dict[str, Any] | None:
+    """A bare ASGI app's p50 and p99 at c=8 in as many processes as the server runs.
+
+    The app (``bench/ceilings.py``) has no model, no authentication and no
+    hop, and answers in microseconds: its p99 is what the scheduler alone
+    costs with that many busy processes and ``wrk`` on this machine, the
+    floor under the p99 target.
+    """
+    if args.only not in ("all", "digits"):
+        return None
+    from ceilings import bare_asgi  # noqa: PLC0415 - ceilings imports this module
+
+    processes = args.gateways + args.workers
+    points = bare_asgi(processes, min(args.seconds, 5), connections=8, rounds=3)
+    floor = {
+        "processes": processes,
+        "p50_ms": [point.p50_ms for point in points],
+        "p99_ms": [point.p99_ms for point in points],
+    }
+    print(f"latency floor: {_floor_text(floor)}", flush=True)
+    return floor
+
+
+def _floor_text(floor: dict[str, Any]) -> str:
+    return (
+        f"a bare ASGI app in {floor['processes']} processes at c=8: p50 "
+        f"{min(floor['p50_ms']):.2f}-{max(floor['p50_ms']):.2f} ms, p99 "
+        + " / ".join(f"{p99:.2f}" for p99 in floor["p99_ms"])
+        + f" ms in {len(floor['p99_ms'])} rounds"
+    )
+
+
+def verdicts(
+    rows: list[dict[str, Any]],
+    ceilings: dict[str, dict[str, float]],
+    floor: dict[str, Any] | None = None,
+) -> list[str]:
     """One line per target the issue sets whose point was measured: figure, target, met or not."""
     lines = []
     for model, protocol, concurrency, what, target in TARGETS:
@@ -648,7 +684,10 @@ def verdicts(rows: list[dict[str, Any]], ceilings: dict[str, dict[str, float]]) 
             top = ceilings.get(model, {}).get("all", 0.0)
             share = row["rate"] / top if top else 0.0
             met, text = share >= target, f"{share:.0%} of the ceiling (target >= {target:.0%})"
-        lines.append(f"target {name}: {text}: {'met' if met else 'MISSED'}")
+        line = f"target {name}: {text}: {'met' if met else 'MISSED'}"
+        if what == "p99" and floor:
+            line += f" (the floor today: {_floor_text(floor)})"
+        lines.append(line)
     return lines
 
 
@@ -666,6 +705,17 @@ def write_docs(results: dict[str, Any]) -> None:
             for m, c in results["ceiling"].items()
         )
         + ".",
+    ]
+    if results.get("floor"):
+        lines += [
+            "",
+            (
+                f"Latency floor ({_floor_text(results['floor'])}): no model, no "
+                "authentication and no hop; what the scheduler costs with that many busy "
+                "processes on this machine, under the p99 target at c=8."
+            ),
+        ]
+    lines += [
         "",
         "| model | protocol | concurrency | req/s | p50 ms | p99 ms | failed | % of ceiling* |",
         "|---|---|---|---|---|---|---|---|",
@@ -813,6 +863,7 @@ def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
         setup = prepare(work, with_cnn=with_cnn)
         setup.env["SEALSERVE_GATEWAYS"] = str(args.gateways)
         ceilings = measure_ceilings(args, with_cnn=with_cnn)
+        floor = latency_floor(args)
         rows: list[dict[str, Any]] = []
         if args.only not in ("fairness", "audit"):
             throughput(setup, args, rows)
@@ -823,9 +874,10 @@ def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
                 f"{args.workers} workers, {args.seconds:g} s per point"
             ),
             "ceiling": ceilings,
+            "floor": floor,
             "rows": rows,
         }
-        for line in verdicts(rows, ceilings):
+        for line in verdicts(rows, ceilings, floor):
             print(line, flush=True)
         if args.only in ("all", "fairness"):
             results["fairness"] = fairness(setup, args)
