@@ -16,7 +16,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 import uvicorn
@@ -29,8 +29,9 @@ from server.pool.pool import WorkerPool
 from server.pool.remote import TlsFiles, TlsFilesError
 from server.replicas import Replicas, all_listening, mark_listening
 from server.rest.app import create_app
+from server.rest.balance import BalancerCollector, ConnectionBalancer
 from server.rest.fastpath import InferenceFastPath
-from server.rest.protocol import with_early_answers
+from server.rest.protocol import CorkedHttpToolsProtocol, gateway_protocol
 from server.service.health import HealthService
 from server.service.inference import InferenceService
 from server.service.limits import SharedTenantTable, TenantLimits
@@ -150,6 +151,14 @@ class Gateway:
             # Before any worker starts, so a taken port fails the start at once.
             self.grpc_port = self.grpc.bind(f"{settings.host}:{settings.grpc_port}")
         self.rest_socket: socket.socket | None = None
+        self.balancer = (
+            ConnectionBalancer(self.shared_dir, index, settings.gateways)
+            if self.shared_dir is not None
+            else None
+        )
+        if self.balancer is not None:
+            self.metrics.registry.register(BalancerCollector(self.balancer))
+        self._adopting: set[asyncio.Task[Any]] = set()
         fastpath = InferenceFastPath(
             self.app, access=services.access, inference=self.inference, metrics=self.metrics
         )
@@ -160,7 +169,7 @@ class Gateway:
             log_config=None,
             access_log=False,
             lifespan="off",
-            http=with_early_answers(fastpath.refuse_now),
+            http=gateway_protocol(fastpath.refuse_now, self.balancer),
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
             timeout_keep_alive=settings.http_keepalive_seconds,
         )
@@ -214,10 +223,14 @@ class Gateway:
             gateway=self.index,
             gateways=settings.gateways,
         )
+        if self.balancer is not None:
+            self.balancer.start(asyncio.get_running_loop(), self._adopt)
         if self.shared_dir is not None:
             mark_listening(self.shared_dir, self.index)
         await self.stopping.wait()
         log.info("shutting down", grace_seconds=settings.shutdown_grace_seconds)
+        if self.balancer is not None:
+            self.balancer.stop()
         self.http.should_exit = True
         key_reload.cancel()
         grace = settings.shutdown_grace_seconds
@@ -232,6 +245,29 @@ class Gateway:
             shutil.rmtree(self.shared_dir, ignore_errors=True)
         self.services.access.deny.stop()
         log.info("stopped")
+
+    def _adopt(self, connection: socket.socket) -> None:
+        """Serve a connection another gateway accepted and passed here."""
+        server, loop = self.http, asyncio.get_running_loop()
+        config = server.config
+
+        def protocol() -> asyncio.Protocol:
+            made = cast("type[CorkedHttpToolsProtocol]", config.http_protocol_class)(
+                config=config, server_state=server.server_state, app_state=server.lifespan.state
+            )
+            made.handed_in = True
+            return made
+
+        async def adopt() -> None:
+            try:
+                await loop.connect_accepted_socket(protocol, connection)
+            except OSError:
+                log.warning("cannot serve a handed-over connection", exc_info=True)
+                connection.close()
+
+        task = loop.create_task(adopt())
+        self._adopting.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._adopting.discard)
 
     async def _reload_signing_keys(self) -> None:
         # A rotation made by another gateway or the CLI reaches this one within

@@ -10,10 +10,13 @@ end of that turn: the head and body that a handler sends back to back go
 out together, and nothing waits longer than the current turn.
 
 It can also answer a request from its head alone, before uvicorn starts a
-task for it (``with_early_answers``): the inference hot path uses that to
-refuse a tenant over its rate limit without a task, a body or a Starlette
-response (about a third less gateway CPU than a whole ASGI call), on the event
-loop that the other tenants' calls share.
+task for it (``gateway_protocol``'s ``early``): the inference hot path uses
+that to refuse a tenant over its rate limit without a task, a body or a
+Starlette response (about a third less gateway CPU than a whole ASGI call),
+on the event loop that the other tenants' calls share.
+
+With several gateway processes it passes a connection it has just accepted
+to a gateway holding fewer (``server.rest.balance``), before reading any of it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from uvicorn._types import ASGI3Application
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+    from server.rest.balance import ConnectionBalancer
     from server.rest.fastpath import EarlyAnswer
 
     EarlyAnswers = Callable[[MutableMapping[str, Any]], EarlyAnswer | None]
@@ -95,11 +99,33 @@ class CorkedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, writing through a ``CorkedTransport``."""
 
     early_answers: ClassVar[EarlyAnswers | None] = None
-    """Asked for each request's answer before its task starts (``with_early_answers``)."""
+    """Asked for each request's answer before its task starts (``gateway_protocol``)."""
+    balancer: ClassVar[ConnectionBalancer | None] = None
+    """Where a connection may go when another gateway holds fewer (``gateway_protocol``)."""
+    handed_in = False
+    """Set on a connection another gateway passed here: it stays."""
+    _handed_off = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Wrap the connection's transport before uvicorn keeps it."""
+        """Pass the connection to a less loaded gateway, or wrap its transport and keep it."""
+        balancer = type(self).balancer
+        if balancer is not None:
+            if not self.handed_in and balancer.hand_off(transport.get_extra_info("socket")):
+                # The other gateway holds the socket now; close only our copy of it.
+                self._handed_off = True
+                transport.abort()
+                return
+            balancer.opened()
         super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection (nothing to do for one passed to another gateway)."""
+        if self._handed_off:
+            return
+        balancer = type(self).balancer
+        if balancer is not None:
+            balancer.closed()
+        super().connection_lost(exc)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         """Answer from the head alone when ``early_answers`` can; else start the task."""
@@ -143,10 +169,15 @@ class CorkedHttpToolsProtocol(HttpToolsProtocol):
         cycle.on_response()
 
 
-def with_early_answers(early: EarlyAnswers) -> type[CorkedHttpToolsProtocol]:
-    """``CorkedHttpToolsProtocol`` asking ``early`` for each request's answer first."""
+def gateway_protocol(
+    early: EarlyAnswers, balancer: ConnectionBalancer | None = None
+) -> type[CorkedHttpToolsProtocol]:
+    """``CorkedHttpToolsProtocol`` asking ``early`` for each request's answer first.
+
+    With a ``balancer``, each accepted connection may go to a less loaded gateway.
+    """
     return type(
-        "EarlyCorkedHttpToolsProtocol",
+        "GatewayHttpProtocol",
         (CorkedHttpToolsProtocol,),
-        {"early_answers": staticmethod(early)},
+        {"early_answers": staticmethod(early), "balancer": balancer},
     )

@@ -12,7 +12,7 @@ import uvicorn
 import uvloop
 
 from server.rest.fastpath import EarlyAnswer
-from server.rest.protocol import CorkedHttpToolsProtocol, CorkedTransport, with_early_answers
+from server.rest.protocol import CorkedHttpToolsProtocol, CorkedTransport, gateway_protocol
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -239,7 +239,7 @@ def test_early_answers_leave_before_the_body_and_keep_the_connection(run) -> Non
 
     async def scenario() -> None:
         SEEN.clear()
-        async with _server(with_early_answers(_refuse)) as port:
+        async with _server(gateway_protocol(_refuse)) as port:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"POST /refuse HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
             refused = await asyncio.wait_for(reader.readuntil(b"no"), 5)

@@ -1,0 +1,246 @@
+"""Keeping REST connections even across the gateway processes.
+
+Gateways share the REST port with ``SO_REUSEPORT``, and the kernel hashes
+each new connection to one of them. Over thousands of short connections
+that evens out; over the few long-lived keep-alive connections a load
+balancer or a client pool opens, it often does not: eight connections split
+4/4 only about one time in four, and 6/2 or worse three times in ten. With
+keep-alive the split then lasts, and one gateway (one busy thread) carries
+most of the calls while the other idles. Envoy's exact connection balancer
+answers the same problem between its worker threads.
+
+``ConnectionBalancer`` moves a connection as it is accepted, before a byte
+of it is read: when another gateway holds fewer connections than this one,
+the socket is passed to it over a Unix datagram socket (``SCM_RIGHTS``) and
+this process lets go of its copy. The receiver serves it like one it
+accepted and never passes it on again.
+
+Every gateway publishes its open connections, and how many it has received
+from each other gateway, in one small file all of them map: a sender counts
+what it sent and is not yet received as the receiver's too, so a burst of
+connections is not all sent to the same gateway before it has seen any.
+Each row is written by its own gateway only; a torn read can only make one
+placement less even. A row carries its writer's pid, so a restarted gateway
+starts from zero and what was sent to its predecessor is forgotten. A
+gateway that cannot be reached (restarting, stopping) is skipped: the
+connection stays where it landed.
+"""
+
+from __future__ import annotations
+
+import array
+import mmap
+import os
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable, Iterator, Sequence
+    from pathlib import Path
+
+    from prometheus_client.core import Metric
+
+log = structlog.get_logger(__name__)
+
+_CELL = struct.Struct("=q")
+_SENDER = struct.Struct("=I")
+_PID, _OPEN, _HANDED_OFF, _RECEIVED = 0, 1, 2, 3
+"""Columns of a gateway's row; ``_RECEIVED + i`` counts connections received from gateway i."""
+
+
+def choose(me: int, counts: Sequence[int], reachable: Sequence[bool]) -> int | None:
+    """The gateway a new connection of gateway ``me`` should go to, or None to keep it.
+
+    ``counts`` are every gateway's open connections (not counting the new
+    one). The connection moves to the least loaded reachable gateway when
+    that one holds fewer than ``me``: afterwards the two differ by at most one.
+    """
+    best: int | None = None
+    for index, count in enumerate(counts):
+        if index != me and reachable[index] and (best is None or count < counts[best]):
+            best = index
+    if best is None or counts[best] >= counts[me]:
+        return None
+    return best
+
+
+class ConnectionBalancer:
+    """One gateway's side of the shared connection table and of the hand-offs."""
+
+    def __init__(self, shared_dir: Path, index: int, gateways: int) -> None:
+        self.index = index
+        self.gateways = gateways
+        self._dir = shared_dir
+        self._row = _RECEIVED + gateways  # pid, open, handed off, received from each gateway
+        size = gateways * self._row * _CELL.size
+        fd = os.open(shared_dir / "connections", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+            self._table = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._open = 0
+        self._received = [0] * gateways
+        self._sent: dict[int, tuple[int, int]] = {}
+        """Per gateway: (its pid when we sent, connections sent to that incarnation)."""
+        self._handed_off = 0
+        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sender.setblocking(False)  # noqa: FBT003 - the socket API's own argument
+        self._receiver: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        for column in range(self._row):
+            self._put(index, column, 0)
+        self._put(index, _PID, os.getpid())
+
+    # --- the shared table ---------------------------------------------------------------
+    def _at(self, row: int, column: int) -> int:
+        return (row * self._row + column) * _CELL.size
+
+    def _get(self, row: int, column: int) -> int:
+        return int(_CELL.unpack_from(self._table, self._at(row, column))[0])
+
+    def _put(self, row: int, column: int, value: int) -> None:
+        _CELL.pack_into(self._table, self._at(row, column), value)
+
+    def opened(self) -> None:
+        """A connection is now served here."""
+        self._open += 1
+        self._put(self.index, _OPEN, self._open)
+
+    def closed(self) -> None:
+        """A connection served here has ended."""
+        self._open -= 1
+        self._put(self.index, _OPEN, self._open)
+
+    def published(self) -> list[tuple[int, int, int]]:
+        """Every running gateway's (index, open connections, connections handed off)."""
+        return [
+            (other, self._get(other, _OPEN), self._get(other, _HANDED_OFF))
+            for other in range(self.gateways)
+            if self._get(other, _PID)
+        ]
+
+    def counts(self) -> tuple[list[int], list[bool]]:
+        """Every gateway's connections as this one sees them, and which can take one now."""
+        counts, reachable = [], []
+        for other in range(self.gateways):
+            pid = self._get(other, _PID)
+            count = self._get(other, _OPEN)
+            if other != self.index and pid:
+                known_pid, sent = self._sent.get(other, (pid, 0))
+                if known_pid == pid:
+                    # Sent to it and not yet received there: count them as its own.
+                    count += max(0, sent - self._get(other, _RECEIVED + self.index))
+            counts.append(count)
+            reachable.append(other == self.index or pid != 0)
+        return counts, reachable
+
+    # --- handing connections over -------------------------------------------------------
+    def _address(self, index: int) -> Path:
+        return self._dir / f"handoff-{index}.sock"
+
+    def hand_off(self, sock: socket.socket | None) -> bool:
+        """Pass ``sock`` to a less loaded gateway; False when it stays here."""
+        if sock is None:
+            return False
+        counts, reachable = self.counts()
+        target = choose(self.index, counts, reachable)
+        if target is None:
+            return False
+        try:
+            # Not socket.send_fds: it drops the address (CPython 3.11).
+            self._sender.sendmsg(
+                [_SENDER.pack(self.index)],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))],
+                0,
+                str(self._address(target)),
+            )
+        except OSError:
+            # Restarting, stopping or swamped: it stays where the kernel put it.
+            return False
+        pid = self._get(target, _PID)
+        known_pid, sent = self._sent.get(target, (pid, 0))
+        self._sent[target] = (pid, sent + 1 if known_pid == pid else 1)
+        self._handed_off += 1
+        self._put(self.index, _HANDED_OFF, self._handed_off)
+        return True
+
+    def start(
+        self, loop: asyncio.AbstractEventLoop, adopt: Callable[[socket.socket], None]
+    ) -> None:
+        """Take connections other gateways pass here, calling ``adopt`` with each."""
+        path = self._address(self.index)
+        path.unlink(missing_ok=True)  # a predecessor's, or one left by a crash
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.setblocking(False)  # noqa: FBT003 - the socket API's own argument
+        receiver.bind(str(path))
+        self._receiver, self._loop = receiver, loop
+        loop.add_reader(receiver.fileno(), self._receive, adopt)
+
+    def _receive(self, adopt: Callable[[socket.socket], None]) -> None:
+        receiver = self._receiver
+        if receiver is None:
+            return
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(receiver, _SENDER.size, 1)
+            except BlockingIOError:
+                return
+            except OSError:
+                log.warning("cannot receive a handed-over connection", exc_info=True)
+                return
+            if not fds:
+                continue
+            connection = socket.socket(fileno=fds[0])
+            if len(message) == _SENDER.size:
+                (sender,) = _SENDER.unpack(message)
+                if sender < self.gateways:
+                    self._received[sender] += 1
+                    self._put(self.index, _RECEIVED + sender, self._received[sender])
+            adopt(connection)
+
+    def stop(self) -> None:
+        """Take no more connections (other gateways keep theirs) and release the table."""
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(receiver.fileno())
+            self._address(self.index).unlink(missing_ok=True)
+            receiver.close()
+        # Others skip a gateway with no pid; its connections are gone with it.
+        self._put(self.index, _PID, 0)
+        self._put(self.index, _OPEN, 0)
+        self._sender.close()
+
+
+class BalancerCollector(Collector):
+    """``/metrics`` families for every gateway's REST connections, read from the shared table."""
+
+    def __init__(self, balancer: ConnectionBalancer) -> None:
+        self._balancer = balancer
+
+    def collect(self) -> Iterator[Metric]:
+        """Open connections per gateway, and how many each passed to another."""
+        rows = self._balancer.published()
+        opened = GaugeMetricFamily(
+            "sealserve_http_connections",
+            "Open REST connections per gateway process.",
+            labels=["gateway"],
+        )
+        moved = CounterMetricFamily(
+            "sealserve_http_connections_handed_over",
+            "REST connections a gateway passed to a less loaded one as it accepted them.",
+            labels=["gateway"],
+        )
+        for index, count, handed_off in rows:
+            opened.add_metric([str(index)], count)
+            moved.add_metric([str(index)], handed_off)
+        yield opened
+        yield moved
