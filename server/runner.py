@@ -246,7 +246,7 @@ class Gateway:
         self.services.access.deny.stop()
         log.info("stopped")
 
-    def _adopt(self, connection: socket.socket) -> None:
+    def _adopt(self, connection: socket.socket, sender: int | None) -> None:
         """Serve a connection another gateway accepted and passed here."""
         server, loop = self.http, asyncio.get_running_loop()
         config = server.config
@@ -261,9 +261,13 @@ class Gateway:
         async def adopt() -> None:
             try:
                 await loop.connect_accepted_socket(protocol, connection)
-            except OSError:
+            except (OSError, ValueError):
                 log.warning("cannot serve a handed-over connection", exc_info=True)
                 connection.close()
+            finally:
+                if self.balancer is not None:
+                    # Counted here now (or gone): no longer on its way from the sender.
+                    self.balancer.taken(sender)
 
         task = loop.create_task(adopt())
         self._adopting.add(task)  # the loop keeps only weak references to tasks

@@ -15,15 +15,17 @@ the socket is passed to it over a Unix datagram socket (``SCM_RIGHTS``) and
 this process lets go of its copy. The receiver serves it like one it
 accepted and never passes it on again.
 
-Every gateway publishes its open connections, and how many it has received
+Every gateway publishes its open connections, and how many it has taken
 from each other gateway, in one small file all of them map: a sender counts
-what it sent and is not yet received as the receiver's too, so a burst of
-connections is not all sent to the same gateway before it has seen any.
+what it sent and is not yet taken as the receiver's too, so a burst of
+connections is not all sent to the same gateway before it has served any.
 Each row is written by its own gateway only; a torn read can only make one
 placement less even. A row carries its writer's pid, so a restarted gateway
 starts from zero and what was sent to its predecessor is forgotten. A
 gateway that cannot be reached (restarting, stopping) is skipped: the
-connection stays where it landed.
+connection stays where it landed. Only placement is balanced: connections
+that close later, or arrive while the other gateway cannot take them, can
+leave the split uneven until new ones arrive.
 """
 
 from __future__ import annotations
@@ -46,12 +48,16 @@ if TYPE_CHECKING:
 
     from prometheus_client.core import Metric
 
+    Adopt = Callable[[socket.socket, int | None], None]
+    """Serves a connection another gateway (the ``int``, when known) passed here."""
+
 log = structlog.get_logger(__name__)
 
 _CELL = struct.Struct("=q")
 _SENDER = struct.Struct("=I")
 _PID, _OPEN, _HANDED_OFF, _RECEIVED = 0, 1, 2, 3
-"""Columns of a gateway's row; ``_RECEIVED + i`` counts connections received from gateway i."""
+"""Columns of a gateway's row; ``_RECEIVED + i`` counts connections taken from gateway i."""
+_TCP = (socket.AF_INET, socket.AF_INET6)
 
 
 def choose(me: int, counts: Sequence[int], reachable: Sequence[bool]) -> int | None:
@@ -59,7 +65,8 @@ def choose(me: int, counts: Sequence[int], reachable: Sequence[bool]) -> int | N
 
     ``counts`` are every gateway's open connections (not counting the new
     one). The connection moves to the least loaded reachable gateway when
-    that one holds fewer than ``me``: afterwards the two differ by at most one.
+    that one holds fewer than ``me``, so connections opened together end up
+    within one of each other. Connections are never moved once served.
     """
     best: int | None = None
     for index, count in enumerate(counts):
@@ -88,13 +95,15 @@ class ConnectionBalancer:
             os.close(fd)
         self._open = 0
         self._received = [0] * gateways
-        self._sent: dict[int, tuple[int, int]] = {}
-        """Per gateway: (its pid when we sent, connections sent to that incarnation)."""
+        self._sent: dict[int, tuple[int, int, int]] = {}
+        """Per gateway: its pid when we sent, connections sent to that incarnation, and
+        what its received-from-us counter read before the first of them."""
         self._handed_off = 0
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)  # noqa: FBT003 - the socket API's own argument
         self._receiver: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._adopt: Adopt | None = None
         for column in range(self._row):
             self._put(index, column, 0)
         self._put(index, _PID, os.getpid())
@@ -133,11 +142,12 @@ class ConnectionBalancer:
         for other in range(self.gateways):
             pid = self._get(other, _PID)
             count = self._get(other, _OPEN)
-            if other != self.index and pid:
-                known_pid, sent = self._sent.get(other, (pid, 0))
-                if known_pid == pid:
-                    # Sent to it and not yet received there: count them as its own.
-                    count += max(0, sent - self._get(other, _RECEIVED + self.index))
+            sent = self._sent.get(other)
+            if other != self.index and pid and sent is not None and sent[0] == pid:
+                # Sent to it and not yet taken there: count them as its own.
+                _, handed, baseline = sent
+                taken = self._get(other, _RECEIVED + self.index) - baseline
+                count += max(0, handed - taken)
             counts.append(count)
             reachable.append(other == self.index or pid != 0)
         return counts, reachable
@@ -154,6 +164,11 @@ class ConnectionBalancer:
         target = choose(self.index, counts, reachable)
         if target is None:
             return False
+        pid = self._get(target, _PID)
+        sent = self._sent.get(target)
+        if sent is None or sent[0] != pid:
+            # A new incarnation of it, or of us: count from what it has taken so far.
+            sent = (pid, 0, self._get(target, _RECEIVED + self.index))
         try:
             # Not socket.send_fds: it drops the address (CPython 3.11).
             self._sender.sendmsg(
@@ -165,32 +180,33 @@ class ConnectionBalancer:
         except OSError:
             # Restarting, stopping or swamped: it stays where the kernel put it.
             return False
-        pid = self._get(target, _PID)
-        known_pid, sent = self._sent.get(target, (pid, 0))
-        self._sent[target] = (pid, sent + 1 if known_pid == pid else 1)
+        self._sent[target] = (pid, sent[1] + 1, sent[2])
         self._handed_off += 1
         self._put(self.index, _HANDED_OFF, self._handed_off)
         return True
 
-    def start(
-        self, loop: asyncio.AbstractEventLoop, adopt: Callable[[socket.socket], None]
-    ) -> None:
-        """Take connections other gateways pass here, calling ``adopt`` with each."""
+    def start(self, loop: asyncio.AbstractEventLoop, adopt: Adopt) -> None:
+        """Take connections other gateways pass here, calling ``adopt`` with each.
+
+        ``adopt(connection, sender)`` serves the connection, then calls ``taken(sender)``.
+        """
         path = self._address(self.index)
         path.unlink(missing_ok=True)  # a predecessor's, or one left by a crash
         receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         receiver.setblocking(False)  # noqa: FBT003 - the socket API's own argument
         receiver.bind(str(path))
-        self._receiver, self._loop = receiver, loop
-        loop.add_reader(receiver.fileno(), self._receive, adopt)
+        self._receiver, self._loop, self._adopt = receiver, loop, adopt
+        loop.add_reader(receiver.fileno(), self._receive)
 
-    def _receive(self, adopt: Callable[[socket.socket], None]) -> None:
-        receiver = self._receiver
-        if receiver is None:
+    def _receive(self) -> None:
+        receiver, adopt = self._receiver, self._adopt
+        if receiver is None or adopt is None:
             return
         while True:
             try:
-                message, fds, _, _ = socket.recv_fds(receiver, _SENDER.size, 1)
+                message, fds, _, _ = socket.recv_fds(
+                    receiver, _SENDER.size, 1, socket.MSG_CMSG_CLOEXEC
+                )
             except BlockingIOError:
                 return
             except OSError:
@@ -198,25 +214,38 @@ class ConnectionBalancer:
                 return
             if not fds:
                 continue
-            connection = socket.socket(fileno=fds[0])
-            if len(message) == _SENDER.size:
-                (sender,) = _SENDER.unpack(message)
-                if sender < self.gateways:
-                    self._received[sender] += 1
-                    self._put(self.index, _RECEIVED + sender, self._received[sender])
-            adopt(connection)
+            try:
+                connection = socket.socket(fileno=fds[0])
+            except OSError:  # not a socket: nothing a gateway sends
+                os.close(fds[0])
+                continue
+            if connection.type != socket.SOCK_STREAM or connection.family not in _TCP:
+                connection.close()
+                continue
+            sender = _SENDER.unpack(message)[0] if len(message) == _SENDER.size else None
+            adopt(connection, sender if sender is not None and sender < self.gateways else None)
+
+    def taken(self, sender: int | None) -> None:
+        """A connection ``sender`` passed here is served here now (or could not be)."""
+        if sender is not None:
+            self._received[sender] += 1
+            self._put(self.index, _RECEIVED + sender, self._received[sender])
 
     def stop(self) -> None:
-        """Take no more connections (other gateways keep theirs) and release the table."""
-        receiver, self._receiver = self._receiver, None
+        """Take no more connections: others stop choosing this gateway and keep theirs.
+
+        Connections already on their way are still taken (and served through the
+        shutdown's grace), not dropped with the socket.
+        """
+        self._put(self.index, _PID, 0)  # others skip a gateway with no pid
+        receiver = self._receiver
         if receiver is not None:
+            self._address(self.index).unlink(missing_ok=True)  # new sends now fail
+            self._receive()
+            self._receiver = None
             if self._loop is not None:
                 self._loop.remove_reader(receiver.fileno())
-            self._address(self.index).unlink(missing_ok=True)
             receiver.close()
-        # Others skip a gateway with no pid; its connections are gone with it.
-        self._put(self.index, _PID, 0)
-        self._put(self.index, _OPEN, 0)
         self._sender.close()
 
 

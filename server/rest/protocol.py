@@ -105,6 +105,7 @@ class CorkedHttpToolsProtocol(HttpToolsProtocol):
     handed_in = False
     """Set on a connection another gateway passed here: it stays."""
     _handed_off = False
+    _counted = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Pass the connection to a less loaded gateway, or wrap its transport and keep it."""
@@ -116,16 +117,26 @@ class CorkedHttpToolsProtocol(HttpToolsProtocol):
                 transport.abort()
                 return
             balancer.opened()
+            self._counted = True
         super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def _uncount(self) -> None:
+        balancer = type(self).balancer
+        if balancer is not None and self._counted:
+            self._counted = False
+            balancer.closed()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection (nothing to do for one passed to another gateway)."""
         if self._handed_off:
             return
-        balancer = type(self).balancer
-        if balancer is not None:
-            balancer.closed()
+        self._uncount()
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        """Leave the connection to uvicorn's WebSocket protocol, which ends it uncounted."""
+        self._uncount()
+        super().handle_websocket_upgrade()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         """Answer from the head alone when ``early_answers`` can; else start the task."""

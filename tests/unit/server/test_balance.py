@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
+import os
 import socket
+import struct
 from typing import TYPE_CHECKING
 
 import pytest
@@ -63,11 +66,11 @@ def test_a_handed_over_socket_is_the_same_connection_at_the_other_gateway(
 ) -> None:
     """The receiver gets the accepted socket itself; the sender's copy can close safely."""
     first, second = pair
-    adopted: list[socket.socket] = []
+    adopted: list[tuple[socket.socket, int | None]] = []
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        second.start(loop, adopted.append)
+        second.start(loop, lambda sock, sender: adopted.append((sock, sender)))
         first.opened()  # gateway 0 holds one connection, gateway 1 none
         client, accepted = _connection(listener)
         with client, accepted:
@@ -77,17 +80,19 @@ def test_a_handed_over_socket_is_the_same_connection_at_the_other_gateway(
                 if adopted:
                     break
                 await asyncio.sleep(0.01)
-            assert len(adopted) == 1
-            with adopted[0] as moved:
+            assert [sender for _, sender in adopted] == [0]
+            with adopted[0][0] as moved:
                 client.sendall(b"ping")
                 assert moved.recv(4) == b"ping"
                 moved.sendall(b"pong")
                 assert client.recv(4) == b"pong"
 
     asyncio.run(scenario())
-    # Received, so no longer counted as on its way; gateway 1 counts it once it serves it.
-    assert first.counts() == ([1, 0], [True, True])
+    # On its way until gateway 1 says it took it; counted twice for a moment, never not at all.
+    assert first.counts() == ([1, 1], [True, True])
     second.opened()
+    assert first.counts() == ([1, 2], [True, True])
+    second.taken(0)
     assert first.counts() == ([1, 1], [True, True])
     assert sorted(first.published()) == [(0, 1, 1), (1, 1, 0)]
 
@@ -101,8 +106,8 @@ def test_connections_on_their_way_count_for_the_receiver(
         first.opened()
 
     async def burst() -> list[bool]:
-        second.start(asyncio.get_running_loop(), lambda sock: sock.close())
-        # Five connections accepted in one turn of the loop: gateway 1 reads none meanwhile.
+        second.start(asyncio.get_running_loop(), lambda sock, _: sock.close())
+        # Five hand-offs with no turn of the loop between them: gateway 1 takes none meanwhile.
         ends = [end for _ in range(5) for end in _connection(listener)]
         try:
             return [first.hand_off(accepted) for accepted in ends[1::2]]
@@ -151,3 +156,102 @@ def test_metrics_report_every_gateways_connections(
         assert opened == {"0": 2.0, "1": 1.0}
         handed = families["sealserve_http_connections_handed_over"].samples
         assert {sample.labels["gateway"] for sample in handed} == {"0", "1"}
+
+
+def test_a_restarted_sender_counts_only_its_own_connections_on_their_way(
+    pair: tuple[ConnectionBalancer, ConnectionBalancer], listener: socket.socket, tmp_path: Path
+) -> None:
+    """What gateway 1 took from gateway 0's predecessor does not cancel the new one's sends."""
+    first, second = pair
+
+    async def scenario() -> list[bool]:
+        second.start(asyncio.get_running_loop(), lambda sock, _: sock.close())
+        first.opened()
+        client, accepted = _connection(listener)
+        with client, accepted:
+            assert first.hand_off(accepted)
+        await asyncio.sleep(0.1)  # gateway 1 receives it
+        second.opened()
+        second.taken(0)
+        restarted = ConnectionBalancer(tmp_path, 0, 2)  # gateway 0 again, after a crash
+        for _ in range(3):
+            restarted.opened()
+        ends = [end for _ in range(3) for end in _connection(listener)]
+        try:
+            # 3 against 1, then 2, then 3: two move.
+            return [restarted.hand_off(accepted) for accepted in ends[1::2]]
+        finally:
+            restarted.stop()
+            for end in ends:
+                end.close()
+
+    assert asyncio.run(scenario()) == [True, True, False]
+
+
+def test_connections_on_their_way_when_a_gateway_stops_are_still_taken(
+    pair: tuple[ConnectionBalancer, ConnectionBalancer], listener: socket.socket
+) -> None:
+    """``stop`` takes what is queued for it instead of letting the kernel close it."""
+    first, second = pair
+    adopted: list[socket.socket] = []
+
+    async def scenario() -> None:
+        second.start(asyncio.get_running_loop(), lambda sock, _: adopted.append(sock))
+        first.opened()
+        client, accepted = _connection(listener)
+        with client, accepted:
+            assert first.hand_off(accepted)  # queued: the loop gets no turn before the stop
+            accepted.close()
+            second.stop()
+            assert len(adopted) == 1
+            with adopted[0] as moved:
+                client.sendall(b"still there")
+                assert moved.recv(11) == b"still there"
+        assert first.counts()[1] == [True, False]
+
+    asyncio.run(scenario())
+
+
+def test_what_is_not_a_tcp_connection_is_dropped(
+    pair: tuple[ConnectionBalancer, ConnectionBalancer], listener: socket.socket, tmp_path: Path
+) -> None:
+    """A datagram without a socket, or with another kind of file, is closed and skipped."""
+    _, second = pair
+    adopted: list[tuple[socket.socket, int | None]] = []
+    read_end, write_end = os.pipe()
+    unix_a, unix_b = socket.socketpair()
+
+    async def scenario() -> None:
+        second.start(
+            asyncio.get_running_loop(), lambda sock, sender: adopted.append((sock, sender))
+        )
+        address = str(tmp_path / "handoff-1.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"no fd", address)
+            for fd in (read_end, unix_a.fileno()):
+                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+                sender.sendmsg([struct.pack("=I", 7)], rights, 0, address)
+            client, accepted = _connection(listener)
+            with client, accepted:
+                rights = [
+                    (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [accepted.fileno()]))
+                ]
+                sender.sendmsg([struct.pack("=I", 99)], rights, 0, address)  # no such gateway
+                for _ in range(100):
+                    if adopted:
+                        break
+                    await asyncio.sleep(0.01)
+        assert [sender for _, sender in adopted] == [None]  # the TCP socket, from nobody known
+        adopted[0][0].close()
+
+    try:
+        asyncio.run(scenario())
+        os.close(read_end)
+        unix_a.close()
+        # The gateway closed its copies: nobody holds the read end or the peer socket now.
+        with pytest.raises(BrokenPipeError):
+            os.write(write_end, b"x")
+        assert unix_b.recv(1) == b""
+    finally:
+        os.close(write_end)
+        unix_b.close()
