@@ -231,6 +231,10 @@ class Gateway:
         log.info("shutting down", grace_seconds=settings.shutdown_grace_seconds)
         if self.balancer is not None:
             self.balancer.stop()
+            # What it took on its way in must reach uvicorn's connections before
+            # the shutdown closes them.
+            await asyncio.gather(*self._adopting, return_exceptions=True)
+            await asyncio.sleep(0)
         self.http.should_exit = True
         key_reload.cancel()
         grace = settings.shutdown_grace_seconds
@@ -264,6 +268,9 @@ class Gateway:
             except (OSError, ValueError):
                 log.warning("cannot serve a handed-over connection", exc_info=True)
                 connection.close()
+            except BaseException:
+                connection.close()
+                raise
             finally:
                 if self.balancer is not None:
                     # Counted here now (or gone): no longer on its way from the sender.

@@ -58,6 +58,18 @@ _SENDER = struct.Struct("=I")
 _PID, _OPEN, _HANDED_OFF, _RECEIVED = 0, 1, 2, 3
 """Columns of a gateway's row; ``_RECEIVED + i`` counts connections taken from gateway i."""
 _TCP = (socket.AF_INET, socket.AF_INET6)
+_FD = array.array("i")
+_FD_SPACE = socket.CMSG_SPACE(4 * _FD.itemsize)
+"""Room for a few descriptors: one is expected, any more are closed."""
+
+
+def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors an ``SCM_RIGHTS`` message carried."""
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
 
 
 def choose(me: int, counts: Sequence[int], reachable: Sequence[bool]) -> int | None:
@@ -204,16 +216,20 @@ class ConnectionBalancer:
             return
         while True:
             try:
-                message, fds, _, _ = socket.recv_fds(
-                    receiver, _SENDER.size, 1, socket.MSG_CMSG_CLOEXEC
+                # Not socket.recv_fds: it drops the flags (CPython 3.11), close-on-exec too.
+                message, ancillary, _, _ = receiver.recvmsg(
+                    _SENDER.size, _FD_SPACE, socket.MSG_CMSG_CLOEXEC
                 )
             except BlockingIOError:
                 return
             except OSError:
                 log.warning("cannot receive a handed-over connection", exc_info=True)
                 return
+            fds = _fds(ancillary)
             if not fds:
                 continue
+            for extra in fds[1:]:  # one per datagram from a gateway
+                os.close(extra)
             try:
                 connection = socket.socket(fileno=fds[0])
             except OSError:  # not a socket: nothing a gateway sends
@@ -234,19 +250,23 @@ class ConnectionBalancer:
     def stop(self) -> None:
         """Take no more connections: others stop choosing this gateway and keep theirs.
 
-        Connections already on their way are still taken (and served through the
-        shutdown's grace), not dropped with the socket.
+        Connections already on their way are still taken, not dropped with the
+        socket: the shutdown then treats them like its own (a request already
+        sent is answered, an idle connection closed).
         """
         self._put(self.index, _PID, 0)  # others skip a gateway with no pid
         receiver = self._receiver
-        if receiver is not None:
-            self._address(self.index).unlink(missing_ok=True)  # new sends now fail
-            self._receive()
+        try:
+            if receiver is not None:
+                self._address(self.index).unlink(missing_ok=True)  # new sends now fail
+                self._receive()
+        finally:
             self._receiver = None
-            if self._loop is not None:
-                self._loop.remove_reader(receiver.fileno())
-            receiver.close()
-        self._sender.close()
+            if receiver is not None:
+                if self._loop is not None:
+                    self._loop.remove_reader(receiver.fileno())
+                receiver.close()
+            self._sender.close()
 
 
 class BalancerCollector(Collector):

@@ -321,7 +321,9 @@ def test_keep_alive_connections_are_split_evenly_between_the_gateways(
         assert open_connections(gateways) == [8.0, 9.0]  # the scrape's own is the 17th
         # WebSocket upgrades leave uvicorn's HTTP protocol; they must leave the count too.
         for _ in range(4):
-            with socket.create_connection(("127.0.0.1", gateways.server.rest_port)) as raw:
+            with socket.create_connection(
+                ("127.0.0.1", gateways.server.rest_port), timeout=10
+            ) as raw:
                 raw.sendall(
                     b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\n"
                     b"upgrade: websocket\r\nsec-websocket-version: 13\r\n"

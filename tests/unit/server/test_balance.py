@@ -82,6 +82,7 @@ def test_a_handed_over_socket_is_the_same_connection_at_the_other_gateway(
                 await asyncio.sleep(0.01)
             assert [sender for _, sender in adopted] == [0]
             with adopted[0][0] as moved:
+                assert not moved.get_inheritable()  # no child process gets a tenant's connection
                 client.sendall(b"ping")
                 assert moved.recv(4) == b"ping"
                 moved.sendall(b"pong")
@@ -170,7 +171,7 @@ def test_a_restarted_sender_counts_only_its_own_connections_on_their_way(
         client, accepted = _connection(listener)
         with client, accepted:
             assert first.hand_off(accepted)
-        await asyncio.sleep(0.1)  # gateway 1 receives it
+        await asyncio.sleep(0.1)  # gateway 1 receives it (it is taken either way below)
         second.opened()
         second.taken(0)
         restarted = ConnectionBalancer(tmp_path, 0, 2)  # gateway 0 again, after a crash
@@ -220,6 +221,7 @@ def test_what_is_not_a_tcp_connection_is_dropped(
     adopted: list[tuple[socket.socket, int | None]] = []
     read_end, write_end = os.pipe()
     unix_a, unix_b = socket.socketpair()
+    unix_b.settimeout(2)
 
     async def scenario() -> None:
         second.start(
