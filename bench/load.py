@@ -635,10 +635,10 @@ def latency_floor(args: argparse.Namespace) -> dict[str, Any] | None:
     """
     if args.only not in ("all", "digits"):
         return None
-    from ceilings import bare_asgi  # noqa: PLC0415 - ceilings imports this module
+    from ceilings import LATENCY_ROUNDS, bare_asgi  # noqa: PLC0415 - ceilings imports this module
 
     processes = args.gateways + args.workers
-    points = bare_asgi(processes, min(args.seconds, 5), connections=8, rounds=3)
+    points = bare_asgi(processes, min(args.seconds, 5), connections=8, rounds=LATENCY_ROUNDS)
     floor = {
         "processes": processes,
         "p50_ms": [point.p50_ms for point in points],

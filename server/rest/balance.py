@@ -58,8 +58,7 @@ _SENDER = struct.Struct("=I")
 _PID, _OPEN, _HANDED_OFF, _RECEIVED = 0, 1, 2, 3
 """Columns of a gateway's row; ``_RECEIVED + i`` counts connections taken from gateway i."""
 _TCP = (socket.AF_INET, socket.AF_INET6)
-_FD = array.array("i")
-_FD_SPACE = socket.CMSG_SPACE(4 * _FD.itemsize)
+_FD_SPACE = socket.CMSG_SPACE(4 * array.array("i").itemsize)
 """Room for a few descriptors: one is expected, any more are closed."""
 
 
@@ -105,12 +104,9 @@ class ConnectionBalancer:
             self._table = mmap.mmap(fd, size)
         finally:
             os.close(fd)
-        self._open = 0
-        self._received = [0] * gateways
         self._sent: dict[int, tuple[int, int, int]] = {}
         """Per gateway: its pid when we sent, connections sent to that incarnation, and
         what its received-from-us counter read before the first of them."""
-        self._handed_off = 0
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)  # noqa: FBT003 - the socket API's own argument
         self._receiver: socket.socket | None = None
@@ -130,15 +126,17 @@ class ConnectionBalancer:
     def _put(self, row: int, column: int, value: int) -> None:
         _CELL.pack_into(self._table, self._at(row, column), value)
 
+    def _add(self, column: int, value: int) -> None:
+        """Change a cell of this gateway's own row (no other process writes it)."""
+        self._put(self.index, column, self._get(self.index, column) + value)
+
     def opened(self) -> None:
         """A connection is now served here."""
-        self._open += 1
-        self._put(self.index, _OPEN, self._open)
+        self._add(_OPEN, 1)
 
     def closed(self) -> None:
         """A connection served here has ended."""
-        self._open -= 1
-        self._put(self.index, _OPEN, self._open)
+        self._add(_OPEN, -1)
 
     def published(self) -> list[tuple[int, int, int]]:
         """Every running gateway's (index, open connections, connections handed off)."""
@@ -193,8 +191,7 @@ class ConnectionBalancer:
             # Restarting, stopping or swamped: it stays where the kernel put it.
             return False
         self._sent[target] = (pid, sent[1] + 1, sent[2])
-        self._handed_off += 1
-        self._put(self.index, _HANDED_OFF, self._handed_off)
+        self._add(_HANDED_OFF, 1)
         return True
 
     def start(self, loop: asyncio.AbstractEventLoop, adopt: Adopt) -> None:
@@ -244,8 +241,7 @@ class ConnectionBalancer:
     def taken(self, sender: int | None) -> None:
         """A connection ``sender`` passed here is served here now (or could not be)."""
         if sender is not None:
-            self._received[sender] += 1
-            self._put(self.index, _RECEIVED + sender, self._received[sender])
+            self._add(_RECEIVED + sender, 1)
 
     def stop(self) -> None:
         """Take no more connections: others stop choosing this gateway and keep theirs.
