@@ -446,131 +446,182 @@ def throughput(setup: Setup, args: argparse.Namespace, rows: list[dict[str, Any]
 
 
 def fairness(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
-    """The victim's p99 alone and next to a tenant sending 10x its rate limit.
+    """The victim's p99 alone, next to a tenant sending 10x its rate limit, and with a bystander.
 
     One p99 from a few hundred paced calls moves by 2x between identical
-    runs on this machine, so the run alternates ``--rounds`` times (alone,
-    then flooded) on one server. The victim (``bench/victim.py``) keeps every
-    latency: each condition's p99 is taken over all its rounds' calls
-    together, beside the median of the rounds' own p99s.
+    runs on this machine, so the run alternates ``--rounds`` times on one
+    server. The victim (``bench/victim.py``) keeps every latency: each
+    condition's p99 is taken over all its rounds' calls together, beside the
+    median of the rounds' own p99s.
+
+    Each round has three conditions: the victim alone; the flood sent to the
+    victim's server ("flooded", the figure the issue's target is about); and
+    the same flood sent to a second, identical server on this machine
+    ("elsewhere"). The last costs the machine the same CPU without touching
+    the victim's server, so it shows how much of the rise is the machine's
+    (two cores shared with the flood's client and its refusals) rather than
+    the victim's server letting one tenant slow another.
     """
-    limit = args.rate_limit
-    server = start(
-        setup.env,
-        setup.data_dir / "server-fair.log",
-        SEALSERVE_WORKERS=str(args.workers),
-        SEALSERVE_TENANT_RATE_LIMIT=str(limit),
-        SEALSERVE_TENANT_MAX_CONCURRENCY="32",
-    )
-    digits = np.random.default_rng(0).random((1, 64), dtype=np.float32)
-    body = v2_json("digits", digits)
-    # The victim paces itself at a third of the limit; the flooder sends 10x the limit.
-    victim_connections = 4
-    flood_connections = 20
-    flood_delay = flood_connections * 1000 / (args.flood_factor * limit)
-    alone: list[Point] = []
-    loaded: list[Point] = []
-    floods: list[tuple[float, float]] = []
-    server_cpu: list[tuple[float, float]] = []
-    """Per flooded round: the server's cores in use, and its CPU seconds per call."""
+    limits = {
+        "SEALSERVE_WORKERS": str(args.workers),
+        "SEALSERVE_TENANT_RATE_LIMIT": str(args.rate_limit),
+        "SEALSERVE_TENANT_MAX_CONCURRENCY": "32",
+    }
+    server = start(setup.env, setup.data_dir / "server-fair.log", **limits)
+    bystander: Server | None = None
     try:
-        victim = token(server.url, setup.clients["demo"])
-        flooder = token(server.url, setup.clients["flood"])
-
-        pooled: dict[str, list[float]] = {"alone": [], "flooded": []}
-
-        def paced(condition: str) -> Point:
-            with tempfile.NamedTemporaryFile() as data:
-                data.write(body.data)
-                data.flush()
-                output = subprocess.run(  # noqa: S603 - our own interpreter and script
-                    [
-                        sys.executable,
-                        str(ROOT / "bench" / "victim.py"),
-                        server.url,
-                        body.path,
-                        victim,
-                        data.name,
-                        str(limit / 3),
-                        str(victim_connections),
-                        str(args.seconds),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-            measured = json.loads(output)
-            latencies = measured["latencies_ms"]
-            pooled[condition] += latencies
-            return Point(
-                len(latencies) / args.seconds,
-                float(np.percentile(latencies, 50)),
-                float(np.percentile(latencies, 99)),
-                int(measured["failed"]),
-            )
-
+        bystander = start(
+            setup.env,
+            setup.data_dir / "server-bystander.log",
+            SEALSERVE_REST_PORT=str(server.rest + 10),
+            SEALSERVE_GRPC_PORT=str(server.grpc + 10),
+            **limits,
+        )
+        run = _FairnessRun(setup, args, server)
         for _ in range(args.rounds):
-            alone.append(paced("alone"))
-            with tempfile.TemporaryFile() as out:
-                cpu_before, started = tree_cpu(server.process.pid), time.monotonic()
-                flood = subprocess.Popen(  # noqa: S603 - our own interpreter and this file
-                    [
-                        sys.executable,
-                        __file__,
-                        "--flood",
-                        server.url,
-                        flooder,
-                        str(flood_connections),
-                        str(flood_delay),
-                        str(args.seconds + 2),
-                    ],
-                    stdout=out,
-                )
-                time.sleep(1)
-                loaded.append(paced("flooded"))
-                flood.wait()
-                cpu = tree_cpu(server.process.pid) - cpu_before
-                elapsed = time.monotonic() - started
-                out.seek(0)
-                sent, refused = (float(v) for v in out.read().decode().split())
-                floods.append((sent, refused))
-                calls = sent * (args.seconds + 2) + loaded[-1].rate * args.seconds
-                server_cpu.append((cpu / elapsed, cpu / calls))
+            run.paced("alone")
+            run.flooding(server, "flooded")
+            run.flooding(bystander, "elsewhere")
     finally:
         server.stop()
-    result: dict[str, Any] = {
-        "limit": limit,
-        "rounds": args.rounds,
-        "flood_rate": statistics.median(sent for sent, _ in floods),
-        "flood_refused_share": statistics.median(refused for _, refused in floods),
-        "victim_rate": statistics.median(point.rate for point in loaded),
-        "p99_alone_ms": float(np.percentile(pooled["alone"], 99)),
-        "p99_flooded_ms": float(np.percentile(pooled["flooded"], 99)),
-        "calls_alone": len(pooled["alone"]),
-        "calls_flooded": len(pooled["flooded"]),
-        "p99_alone_median_ms": statistics.median(point.p99_ms for point in alone),
-        "p99_flooded_median_ms": statistics.median(point.p99_ms for point in loaded),
-        "p50_alone_ms": float(np.percentile(pooled["alone"], 50)),
-        "p50_flooded_ms": float(np.percentile(pooled["flooded"], 50)),
-        "p99_alone_each_ms": [point.p99_ms for point in alone],
-        "p99_flooded_each_ms": [point.p99_ms for point in loaded],
-        "victim_failed": sum(point.failed for point in alone + loaded),
-        "server_cores_flooded": statistics.median(cores for cores, _ in server_cpu),
-        "server_us_per_call_flooded": statistics.median(each for _, each in server_cpu) * 1e6,
-    }
+        if bystander is not None:
+            bystander.stop()
+    result = run.result()
     print(
-        f"fairness: limit {limit:g}/s; flooder sent {result['flood_rate']:.0f} req/s "
+        f"fairness: limit {args.rate_limit:g}/s; flooder sent {result['flood_rate']:.0f} req/s "
         f"({result['flood_refused_share']:.0%} refused 429); victim p99 over "
         f"{result['calls_alone']} / {result['calls_flooded']} calls of {args.rounds} rounds "
         f"{result['p99_alone_ms']:.2f} ms alone -> {result['p99_flooded_ms']:.2f} ms flooded "
-        f"({result['p99_flooded_ms'] / result['p99_alone_ms'] - 1:+.0%}); rounds alone "
+        f"({_change(result, 'flooded')}); rounds alone "
         f"{_ms(result['p99_alone_each_ms'])}, flooded {_ms(result['p99_flooded_each_ms'])}; "
+        f"the flood sent to a second server instead: {result['p99_elsewhere_ms']:.2f} ms "
+        f"({_change(result, 'elsewhere')}; rounds {_ms(result['p99_elsewhere_each_ms'])}); "
         f"victim failures {result['victim_failed']}; server CPU during the flood "
         f"{result['server_cores_flooded']:.2f} cores, "
         f"{result['server_us_per_call_flooded']:.0f} us per call",
         flush=True,
     )
     return result
+
+
+class _FairnessRun:
+    """The fairness run's clients and what they measured, condition by condition."""
+
+    VICTIM_CONNECTIONS = 4
+    FLOOD_CONNECTIONS = 20
+
+    def __init__(self, setup: Setup, args: argparse.Namespace, server: Server) -> None:
+        self._setup, self._args, self._server = setup, args, server
+        self._victim = token(server.url, setup.clients["demo"])
+        self._body = v2_json("digits", np.random.default_rng(0).random((1, 64), dtype=np.float32))
+        # The victim paces itself at a third of the limit; the flooder sends 10x the limit.
+        self._flood_delay = self.FLOOD_CONNECTIONS * 1000 / (args.flood_factor * args.rate_limit)
+        self.points: dict[str, list[Point]] = {"alone": [], "flooded": [], "elsewhere": []}
+        self.pooled: dict[str, list[float]] = {condition: [] for condition in self.points}
+        """Every latency of the victim's calls, per condition."""
+        self.floods: list[tuple[float, float]] = []
+        """Per flood on the victim's server: the flooder's send rate and refused share."""
+        self.server_cpu: list[tuple[float, float]] = []
+        """Per flood on the victim's server: its cores in use, and its CPU seconds per call."""
+
+    def paced(self, condition: str) -> Point:
+        """One round of the victim's paced calls, kept under ``condition``."""
+        args = self._args
+        with tempfile.NamedTemporaryFile() as data:
+            data.write(self._body.data)
+            data.flush()
+            output = subprocess.run(  # noqa: S603 - our own interpreter and script
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "victim.py"),
+                    self._server.url,
+                    self._body.path,
+                    self._victim,
+                    data.name,
+                    str(args.rate_limit / 3),
+                    str(self.VICTIM_CONNECTIONS),
+                    str(args.seconds),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        measured = json.loads(output)
+        latencies = measured["latencies_ms"]
+        self.pooled[condition] += latencies
+        point = Point(
+            len(latencies) / args.seconds,
+            float(np.percentile(latencies, 50)),
+            float(np.percentile(latencies, 99)),
+            int(measured["failed"]),
+        )
+        self.points[condition].append(point)
+        return point
+
+    def flooding(self, target: Server, condition: str) -> None:
+        """A round of the victim's calls while the flooding tenant floods ``target``."""
+        args, server = self._args, self._server
+        with tempfile.TemporaryFile() as out:
+            cpu_before, started = tree_cpu(server.process.pid), time.monotonic()
+            flood = subprocess.Popen(  # noqa: S603 - our own interpreter and this file
+                [
+                    sys.executable,
+                    __file__,
+                    "--flood",
+                    target.url,
+                    token(target.url, self._setup.clients["flood"]),
+                    str(self.FLOOD_CONNECTIONS),
+                    str(self._flood_delay),
+                    str(args.seconds + 2),
+                ],
+                stdout=out,
+            )
+            time.sleep(1)
+            victim = self.paced(condition)
+            flood.wait()
+            cpu = tree_cpu(server.process.pid) - cpu_before
+            elapsed = time.monotonic() - started
+            out.seek(0)
+            sent, refused = (float(v) for v in out.read().decode().split())
+        if target is server:
+            self.floods.append((sent, refused))
+            calls = sent * (args.seconds + 2) + victim.rate * args.seconds
+            self.server_cpu.append((cpu / elapsed, cpu / calls))
+
+    def result(self) -> dict[str, Any]:
+        """The run's figures: pooled and per-round p99s per condition, the flood, the CPU."""
+        points, pooled = self.points, self.pooled
+        alone, loaded = points["alone"], points["flooded"]
+        return {
+            "limit": self._args.rate_limit,
+            "rounds": self._args.rounds,
+            "flood_rate": statistics.median(sent for sent, _ in self.floods),
+            "flood_refused_share": statistics.median(refused for _, refused in self.floods),
+            "victim_rate": statistics.median(point.rate for point in loaded),
+            "p99_alone_ms": float(np.percentile(pooled["alone"], 99)),
+            "p99_flooded_ms": float(np.percentile(pooled["flooded"], 99)),
+            "p99_elsewhere_ms": float(np.percentile(pooled["elsewhere"], 99)),
+            "calls_alone": len(pooled["alone"]),
+            "calls_flooded": len(pooled["flooded"]),
+            "calls_elsewhere": len(pooled["elsewhere"]),
+            "p99_alone_median_ms": statistics.median(point.p99_ms for point in alone),
+            "p99_flooded_median_ms": statistics.median(point.p99_ms for point in loaded),
+            "p50_alone_ms": float(np.percentile(pooled["alone"], 50)),
+            "p50_flooded_ms": float(np.percentile(pooled["flooded"], 50)),
+            "p50_elsewhere_ms": float(np.percentile(pooled["elsewhere"], 50)),
+            "p99_alone_each_ms": [point.p99_ms for point in alone],
+            "p99_flooded_each_ms": [point.p99_ms for point in loaded],
+            "p99_elsewhere_each_ms": [point.p99_ms for point in points["elsewhere"]],
+            "victim_failed": sum(point.failed for each in points.values() for point in each),
+            "server_cores_flooded": statistics.median(cores for cores, _ in self.server_cpu),
+            "server_us_per_call_flooded": statistics.median(each for _, each in self.server_cpu)
+            * 1e6,
+        }
+
+
+def _change(fair: dict[str, Any], condition: str) -> str:
+    """The victim's pooled p99 under ``condition`` against alone, as a signed percentage."""
+    return f"{fair[f'p99_{condition}_ms'] / fair['p99_alone_ms'] - 1:+.0%}"
 
 
 def tree_cpu(root: int) -> float:
@@ -731,7 +782,6 @@ def write_docs(results: dict[str, Any]) -> None:
     lines += ["", "\\* of the 1-thread ceiling at c=1, of the all-workers ceiling above."]
     fair = results.get("fairness")
     if fair:
-        change = fair["p99_flooded_ms"] / fair["p99_alone_ms"] - 1
         lines += [
             "",
             (
@@ -741,12 +791,21 @@ def write_docs(results: dict[str, Any]) -> None:
                 f"p99 over all calls of {fair.get('rounds', 1)} alternating rounds "
                 f"({fair.get('calls_alone', '?')} alone, {fair.get('calls_flooded', '?')} "
                 f"flooded) {fair['p99_alone_ms']:.2f} ms alone, {fair['p99_flooded_ms']:.2f} ms "
-                f"during the flood ({change:+.0%}); p50 {fair['p50_alone_ms']:.2f} -> "
-                f"{fair['p50_flooded_ms']:.2f} ms; {fair['victim_failed']} failed calls for demo."
+                f"during the flood ({_change(fair, 'flooded')}); p50 "
+                f"{fair['p50_alone_ms']:.2f} -> {fair['p50_flooded_ms']:.2f} ms; "
+                f"{fair['victim_failed']} failed calls for demo."
                 + (
                     f" The server used {fair['server_cores_flooded']:.2f} cores during the flood, "
                     f"{fair['server_us_per_call_flooded']:.0f} us of CPU per call."
                     if "server_cores_flooded" in fair
+                    else ""
+                )
+                + (
+                    f" With the same flood sent to a second, identical server on this machine "
+                    f"instead, demo's p99 was {fair['p99_elsewhere_ms']:.2f} ms "
+                    f"({_change(fair, 'elsewhere')}): the part of the rise that two shared "
+                    "cores cost whichever server takes the flood."
+                    if "p99_elsewhere_ms" in fair
                     else ""
                 )
             ),
