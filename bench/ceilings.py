@@ -17,11 +17,19 @@ at c=8): the same bare app at 8 connections, in two processes and in four
 workers). The bare app answers in microseconds, so what its p99 shows is
 what the kernel's scheduler costs when that many busy processes and the
 load generator share two cores.
+
+Last, what one process waking another costs here: two processes passing a
+byte back and forth over pipes, once on two different CPUs and once both
+on the same CPU. A call through sealserve wakes a gateway, its worker, the
+gateway again and the client; where waking an idle CPU is slow (a virtual
+machine whose idle CPUs halt), those wake-ups set much of the p99 at low
+concurrency, and the per-call CPU of paced traffic.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import socket
 import subprocess
@@ -38,6 +46,7 @@ ISSUE = {"asgi": (32_000, 48_000), "grpc": (6_000, 6_500)}
 LATENCY_PROCESSES = (2, 4)
 """Bare app processes for the latency floor: one per core, and one per server process."""
 LATENCY_ROUNDS = 3
+WAKE_ROUND_TRIPS = 20_000
 
 BARE_ASGI = """
 import numpy as np
@@ -221,6 +230,39 @@ def main() -> None:
         )
         print(f"| {name} | {processes} | {rate:,.0f} | {issue:,} | {rate / issue:.0%} |")
     latency_floor(args.seconds)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        across, same = wake_round_trip(cpus[0], cpus[-1]), wake_round_trip(cpus[0], cpus[0])
+        print(
+            f"\nwake-up round trip between two processes (pipes): {across:.1f} us on two "
+            f"CPUs, {same:.1f} us on one CPU"
+        )
+
+
+def wake_round_trip(mine: int, theirs: int, trips: int = WAKE_ROUND_TRIPS) -> float:
+    """Microseconds for a byte to go to a process on CPU ``theirs`` and back to CPU ``mine``."""
+    there, here = os.pipe(), os.pipe()
+    allowed = os.sched_getaffinity(0)
+    child = os.fork()
+    if child == 0:  # the child: echo every byte back
+        os.sched_setaffinity(0, {theirs})
+        for _ in range(trips + 1):
+            os.write(here[1], os.read(there[0], 1))
+        os._exit(0)
+    try:
+        os.sched_setaffinity(0, {mine})
+        os.write(there[1], b"x")  # the first trip starts the child; not timed
+        os.read(here[0], 1)
+        started = time.perf_counter()
+        for _ in range(trips):
+            os.write(there[1], b"x")
+            os.read(here[0], 1)
+        return (time.perf_counter() - started) / trips * 1e6
+    finally:
+        os.sched_setaffinity(0, allowed)
+        os.waitpid(child, 0)
+        for fd in (*there, *here):
+            os.close(fd)
 
 
 def latency_floor(seconds: float) -> None:
