@@ -13,7 +13,9 @@ What it does, in one run on this machine:
 2. The in-process LiteRT ceiling for each model at batch 1: calls per second
    of one interpreter on one thread, and of one interpreter per CPU in as many
    processes (what the server's workers could do at best with no gateway).
-3. ``sealserve serve`` with authentication on, then for each model and
+3. ``sealserve serve`` with authentication on (one gateway per CPU, each
+   pinned with its worker to its CPU, as on a host whose CPUs the server has
+   to itself; ``--no-cpu-affinity`` leaves placement to the kernel), then for each model and
    protocol, concurrency 1, 8 and 64: REST with ``wrk`` (a Lua script sets
    the body and the bearer token; digits as JSON over the Open Inference
    Protocol and TF Serving ``:predict``, the CNN as the binary tensor
@@ -24,7 +26,8 @@ What it does, in one run on this machine:
    server's own ``sealserve_inference_requests_total`` by outcome).
 4. Fairness: a second server with per-tenant limits; tenant ``demo`` calls at
    a steady pace alone, then again while tenant ``flood`` sends ten times its
-   rate limit; the victim's p99 before and after.
+   rate limit, then while the flood goes to a third, identical server (the
+   machine's share of the rise); the victim's p99 in each.
 
 The machine has 2 cores shared with everything else running, so figures move
 between runs: run it more than once and report the range.
@@ -891,6 +894,13 @@ def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
         help="gateway processes sharing the ports (serve --gateways)",
     )
     parser.add_argument(
+        "--cpu-affinity",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin each gateway and its worker to a CPU (SEALSERVE_GATEWAY_CPU_AFFINITY), "
+        "as on a host whose CPUs the server has to itself",
+    )
+    parser.add_argument(
         "--only", choices=("all", "digits", "cnn", "fairness", "audit"), default="all"
     )
     parser.add_argument(
@@ -921,6 +931,7 @@ def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
         with_cnn = args.only in ("all", "cnn")
         setup = prepare(work, with_cnn=with_cnn)
         setup.env["SEALSERVE_GATEWAYS"] = str(args.gateways)
+        setup.env["SEALSERVE_GATEWAY_CPU_AFFINITY"] = "true" if args.cpu_affinity else "false"
         ceilings = measure_ceilings(args, with_cnn=with_cnn)
         floor = latency_floor(args)
         rows: list[dict[str, Any]] = []
@@ -929,7 +940,8 @@ def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
         results: dict[str, Any] = {
             "when": time.strftime("%Y-%m-%d %H:%M"),
             "machine": (
-                f"{os.cpu_count()} CPUs, {args.gateways} gateway processes, "
+                f"{os.cpu_count()} CPUs, {args.gateways} gateway processes"
+                f"{' pinned one per CPU with their workers' if args.cpu_affinity else ''}, "
                 f"{args.workers} workers, {args.seconds:g} s per point"
             ),
             "ceiling": ceilings,

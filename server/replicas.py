@@ -72,10 +72,14 @@ class _Replica:
 class Replicas:
     """Gateway processes 1..N-1, started, watched and stopped by gateway 0."""
 
-    def __init__(self, settings: Settings, *, shared_dir: Path | None) -> None:
+    def __init__(
+        self, settings: Settings, *, shared_dir: Path | None, cpus: list[int] | None = None
+    ) -> None:
         self._settings = settings
         self._line = settings_for_worker(settings)
         self._shared_dir = shared_dir
+        self._cpus = cpus
+        """The CPUs the primary was started with, when the gateways are pinned to them."""
         self._replicas = [_Replica(index) for index in range(1, settings.gateways)]
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
@@ -95,6 +99,8 @@ class Replicas:
         command = module_command("server.replicas", "--index", str(replica.index))
         if self._shared_dir is not None:
             command += ["--shared-dir", str(self._shared_dir)]
+        if self._cpus:
+            command += ["--cpus", ",".join(map(str, self._cpus))]
         replica.process = subprocess.Popen(command, stdin=subprocess.PIPE)  # noqa: S603 - ours
         stdin = replica.process.stdin
         if stdin is not None:
@@ -165,7 +171,9 @@ class Replicas:
                 process.wait(0)
 
 
-def main(index: int, settings_json: str, shared_dir: Path | None) -> None:
+def main(
+    index: int, settings_json: str, shared_dir: Path | None, cpus: list[int] | None = None
+) -> None:
     """Run gateway ``index`` with the primary's settings until SIGTERM or the primary ends."""
     import uvloop  # noqa: PLC0415 - the entry point's own imports
 
@@ -183,7 +191,9 @@ def main(index: int, settings_json: str, shared_dir: Path | None) -> None:
     try:
         services = build_services(container)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run_gateway(container, services, index=index, shared_dir=shared_dir))
+            runner.run(
+                run_gateway(container, services, index=index, shared_dir=shared_dir, cpus=cpus)
+            )
     finally:
         container.close()
 
@@ -193,11 +203,14 @@ def run(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m server.replicas")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--shared-dir", type=Path)
+    parser.add_argument(
+        "--cpus", type=lambda text: [int(cpu) for cpu in text.split(",")], default=None
+    )
     args = parser.parse_args(argv)
     line = sys.stdin.buffer.readline()
     if not line:
         return  # the primary is already gone
-    main(args.index, line.decode(), args.shared_dir)
+    main(args.index, line.decode(), args.shared_dir, args.cpus)
 
 
 if __name__ == "__main__":

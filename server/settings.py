@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from auth import TrustedIssuer
+from server.affinity import supported as affinity_supported
 
 MAX_PORT = 65535
 
@@ -62,6 +63,14 @@ class Settings(BaseSettings):
     One process tops out at one core of HTTP, gRPC and token work; with more,
     the kernel spreads connections over them. Each runs its share of the
     workers; ``/metrics`` on any of them reports all of them.
+    """
+
+    gateway_cpu_affinity: bool = False
+    """Run each gateway process, and the local workers it starts, on one CPU of its own.
+
+    Gateway ``i`` takes the ``i``-th CPU the server may use (round robin), so
+    a gateway's hop to its worker never wakes another CPU (``server.affinity``).
+    For hosts whose CPUs the server has to itself, one gateway per CPU; Linux only.
     """
 
     remote_workers: list[str] = Field(default_factory=list)
@@ -201,6 +210,13 @@ class Settings(BaseSettings):
     def _production_needs_explicit_choices(self) -> Settings:
         if self.env == "production" and self.database_url is None:
             msg = "SEALSERVE_DATABASE_URL must be set in production"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _cpu_affinity_needs_linux(self) -> Settings:
+        if self.gateway_cpu_affinity and not affinity_supported():
+            msg = "SEALSERVE_GATEWAY_CPU_AFFINITY needs an OS that lets a process choose its CPUs"
             raise ValueError(msg)
         return self
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from server import affinity
 from server.spawn import module_command
 
 if TYPE_CHECKING:
@@ -193,6 +194,7 @@ async def run_job_process(
             start_new_session=True,
             limit=_EVENT_LINE_LIMIT,
         )
+    affinity.release(process.pid)  # not on the gateway's own CPU, if it is pinned to one
     assert process.stdout is not None  # noqa: S101 - asked for a pipe above
     memory = asyncio.create_task(_over_memory(process, memory_limit)) if memory_limit else None
     if memory is not None:  # over the limit: kill at once, the reading loop below then ends
