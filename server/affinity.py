@@ -10,12 +10,12 @@ of the set the server was started with (round robin past its end), and the
 workers it starts inherit that CPU, so a gateway's hop to its worker stays
 on one CPU. Like nginx's ``worker_cpu_affinity``, this is for hosts whose
 CPUs the server has to itself (a dedicated machine, a Kubernetes pod with
-the static CPU manager policy), with one gateway per CPU; it is off by
-default because elsewhere the kernel's own balancing does better.
+the static CPU manager policy), best with one gateway per CPU (with fewer,
+each gateway and its workers get a share of the CPUs); it is off by default
+because elsewhere the kernel's own balancing does better.
 
-Intake jobs (TensorFlow, compression) are not pinned: the primary gives
-each the whole set back as it starts. (The quick TFLite check of an upload,
-a LiteRT load of a few hundred milliseconds, runs on its gateway's CPU.)
+Intake jobs (TensorFlow, compression) and the TFLite check of an upload are
+not pinned: the gateway gives each the whole set back as it starts.
 """
 
 from __future__ import annotations
@@ -42,34 +42,61 @@ def allowed_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def cpu_for(cpus: list[int], index: int) -> int:
-    """The CPU of gateway ``index``: the ``index``-th of ``cpus``, round robin."""
-    return cpus[index % len(cpus)]
+def cpus_for(cpus: list[int], index: int, gateways: int) -> set[int]:
+    """The CPUs of gateway ``index`` of ``gateways``.
+
+    One gateway per CPU or more: the ``index``-th CPU, round robin. Fewer
+    gateways than CPUs: every ``gateways``-th CPU from the ``index``-th, so
+    the CPUs are shared out and the workers of a gateway spread over its share.
+    """
+    if gateways >= len(cpus):
+        return {cpus[index % len(cpus)]}
+    return set(cpus[index::gateways])
 
 
-def pin(cpu: int, *, allowed: list[int]) -> None:
-    """Run every thread of this process, and what it starts from now on, on ``cpu`` only.
+def pin(cpus: set[int], *, allowed: list[int]) -> bool:
+    """Run every thread of this process, and what it starts from now on, on ``cpus`` only.
 
     ``allowed`` is the whole set the server was started with, which
-    ``release`` gives back to children that should not be pinned.
+    ``release`` gives back to children that should not be pinned. If the
+    kernel refuses (the CPUs were taken from the server since it started),
+    the process runs unpinned, with a warning; the result says which.
     """
     global _released  # noqa: PLW0603 - once per process, before it starts serving
+    try:
+        # A thread keeps the mask it had; new threads inherit their creator's.
+        # So every thread there is now is moved.
+        for thread in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setaffinity(int(thread.name), cpus)
+    except OSError as exc:
+        log.warning(
+            "gateway not pinned: the kernel refused its cpus", cpus=sorted(cpus), error=str(exc)
+        )
+        with contextlib.suppress(OSError):
+            for thread in Path("/proc/self/task").iterdir():
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(int(thread.name), allowed)
+        return False
     _released = frozenset(allowed)
-    # Threads started before now (gRPC's, the deny-list refresh) keep their
-    # own mask, so each is moved; new ones inherit their creator's.
-    for thread in Path("/proc/self/task").iterdir():
-        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-            os.sched_setaffinity(int(thread.name), {cpu})
-    log.info("gateway pinned to a cpu", cpu=cpu)
+    log.info("gateway pinned", cpus=sorted(cpus))
+    return True
+
+
+def place(pid: int, cpus: set[int]) -> None:
+    """Move child ``pid`` to ``cpus`` now, before it runs far (it places its own threads later)."""
+    with contextlib.suppress(OSError):  # ended already, or CPUs gone: it pins itself or not
+        os.sched_setaffinity(pid, cpus)
 
 
 def release(pid: int) -> None:
     """Give child ``pid`` the whole set back, if this process pinned itself.
 
-    Called as soon as the child is started: a thread it started before that
-    would stay on this process's CPU, and a job process starts none while
-    its interpreter and imports load.
+    Called as soon as the child is started. Only the thread the child
+    started with is moved: a thread it started before this call would stay
+    on this process's CPUs. The processes it is for (intake jobs, the TFLite
+    check) start none while their interpreter and imports load.
     """
     if _released is not None:
-        with contextlib.suppress(ProcessLookupError):  # ended already: nothing to do
+        with contextlib.suppress(OSError):  # ended already: nothing to do
             os.sched_setaffinity(pid, _released)

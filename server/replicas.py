@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from server import affinity
 from server.pool.process import settings_for_worker
 from server.spawn import module_command
 
@@ -102,6 +103,11 @@ class Replicas:
         if self._cpus:
             command += ["--cpus", ",".join(map(str, self._cpus))]
         replica.process = subprocess.Popen(command, stdin=subprocess.PIPE)  # noqa: S603 - ours
+        if self._cpus:  # its start-up work too goes to its own CPUs, not to this gateway's
+            affinity.place(
+                replica.process.pid,
+                affinity.cpus_for(self._cpus, replica.index, self._settings.gateways),
+            )
         stdin = replica.process.stdin
         if stdin is not None:
             with contextlib.suppress(BrokenPipeError):

@@ -347,10 +347,11 @@ async def run_gateway(
     gateways are pinned (``settings.gateway_cpu_affinity``); the primary
     reads its own.
     """
-    if container.settings.gateway_cpu_affinity:
+    settings = container.settings
+    if settings.gateway_cpu_affinity:
         cpus = cpus or affinity.allowed_cpus()
-        # Before the workers start: they inherit the CPU.
-        affinity.pin(affinity.cpu_for(cpus, index), allowed=cpus)
+        # Before the workers start: they inherit the CPUs.
+        affinity.pin(affinity.cpus_for(cpus, index, settings.gateways), allowed=cpus)
     # Background threads (audit writes, deny-list and resolution refreshes) hand
     # the interpreter back to the event loop after 0.5 ms rather than 5 ms: a
     # call's latency should not wait out a bookkeeping thread's time slice.

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from server import affinity
 from server.service.errors import InvalidRequest
 from server.spawn import module_command
 
@@ -40,22 +41,25 @@ def check_tflite(path: Path) -> TFLiteCheck:
     if len(head) < 8 or head[4:8] != TFLITE_MAGIC:  # noqa: PLR2004 - flatbuffer header
         msg = "the upload is not a TFLite model (no TFL3 identifier); upload a .tflite file"
         raise InvalidRequest(msg)
-    try:
-        done = subprocess.run(  # noqa: S603 - our own module, a file path we created
-            module_command("server.tflite_check", str(path)),
-            capture_output=True,
-            text=True,
-            timeout=CHECK_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise InvalidRequest("the TFLite model took too long to load") from None
-    if done.returncode != 0 or not done.stdout.strip():
+    with subprocess.Popen(  # noqa: S603 - our own module, a file path we created
+        module_command("server.tflite_check", str(path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        affinity.release(child.pid)  # not on a pinned gateway's CPUs
+        try:
+            stdout, stderr = child.communicate(timeout=CHECK_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise InvalidRequest("the TFLite model took too long to load") from None
+    if child.returncode != 0 or not stdout.strip():
         raise InvalidRequest(
             "the TFLite model does not load in LiteRT",
-            detail=f"checker exited {done.returncode}: {done.stderr[-500:]}",
+            detail=f"checker exited {child.returncode}: {stderr[-500:]}",
         )
-    answer = json.loads(done.stdout)
+    answer = json.loads(stdout)
     if answer.get("problems"):
         raise InvalidRequest("the model cannot be served: " + "; ".join(answer["problems"]))
     return TFLiteCheck(signature=answer["signature"])

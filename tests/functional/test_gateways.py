@@ -1,8 +1,7 @@
 """Two gateway processes on the same ports (``sealserve serve --gateways 2``).
 
 Both serve REST and gRPC, metrics add up over them, a killed replica comes
-back, each is pinned with its worker to a CPU of its own, SIGTERM stops
-everything, and a stranger cannot share the ports.
+back, SIGTERM stops everything, and a stranger cannot share the ports.
 
 One server for the module (two gateways, one worker each); the tests run in
 file order and the last one shuts it down.
@@ -210,7 +209,6 @@ def gateways(tmp_path_factory: pytest.TempPathFactory):
         data_dir,
         SEALSERVE_WORKERS="2",
         SEALSERVE_GATEWAYS="2",
-        SEALSERVE_GATEWAY_CPU_AFFINITY="1",
         SEALSERVE_SHUTDOWN_GRACE_SECONDS=str(GRACE),
         SEALSERVE_LOG_LEVEL="INFO",
     )
@@ -446,35 +444,6 @@ def test_a_killed_replica_is_replaced_and_calls_keep_succeeding(gateways: Gatewa
     # Counts of the killed process are not lost: its counter file stays in the shared dir.
     assert old in gateways.inference_counts_by_pid()
     assert new in gateways.inference_counts_by_pid()
-
-
-def thread_cpus(pid: int) -> list[set[int]]:
-    """The CPUs each thread of ``pid`` may run on."""
-    found = []
-    for thread in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(ProcessLookupError):  # ended meanwhile
-            found.append(os.sched_getaffinity(int(thread.name)))
-    return found
-
-
-def test_each_pinned_gateway_shares_its_cpu_with_its_own_worker(gateways: Gateways) -> None:
-    """``SEALSERVE_GATEWAY_CPU_AFFINITY``: gateway i and its worker, every thread, on CPU i.
-
-    Runs after the replica was killed and replaced: the new one is pinned too.
-    """
-    cpus = sorted(os.sched_getaffinity(0))  # the server started with this process's set
-    replica = gateways.replica()
-    assert replica is not None
-    for index, gateway in enumerate((gateways.pid, replica)):
-        (worker,) = children(gateway, b"server.pool.worker")
-        expected = {cpus[index % len(cpus)]}
-        for pid in (gateway, worker):
-            masks = thread_cpus(pid)
-            assert masks, f"no threads found for {pid}"
-            assert all(mask == expected for mask in masks), (index, pid, masks)
-    if len(cpus) > 1:
-        assert thread_cpus(gateways.pid)[0] != thread_cpus(replica)[0]
-    gateways.infer()  # and the pinned processes still answer
 
 
 def test_a_second_server_cannot_take_the_same_ports(gateways: Gateways) -> None:

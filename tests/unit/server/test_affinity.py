@@ -11,11 +11,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from server.affinity import cpu_for
+from server.affinity import cpus_for
 from server.settings import load_settings
 
 CPUS = sorted(os.sched_getaffinity(0))
@@ -37,7 +38,7 @@ CHILD = textwrap.dedent(
     stop = threading.Event()
     before = threading.Thread(target=stop.wait)
     before.start()
-    affinity.pin(cpu, allowed=allowed)
+    assert affinity.pin({cpu}, allowed=allowed)
     after = threading.Thread(target=stop.wait)
     after.start()
     kept = subprocess.Popen(["sleep", "30"])
@@ -58,14 +59,22 @@ CHILD = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    ("cpus", "index", "expected"),
-    [([0, 1], 0, 0), ([0, 1], 1, 1), ([0, 1], 2, 0), ([2, 5, 7], 1, 5), ([3], 4, 3)],
+    ("cpus", "index", "gateways", "expected"),
+    [
+        ([0, 1], 0, 2, {0}),
+        ([0, 1], 1, 2, {1}),
+        ([0, 1], 2, 3, {0}),  # more gateways than CPUs: round robin
+        ([2, 5, 7], 1, 3, {5}),  # the CPUs the server was given, not 0..n-1
+        ([3], 4, 5, {3}),
+        ([0, 1, 2, 3], 0, 1, {0, 1, 2, 3}),  # one gateway: all of them, for its workers
+        ([0, 1, 2, 3, 4, 5], 1, 2, {1, 3, 5}),  # fewer gateways: a share each
+    ],
 )
-def test_gateway_i_takes_the_i_th_allowed_cpu_round_robin(
-    cpus: list[int], index: int, expected: int
+def test_each_gateway_gets_its_cpus(
+    cpus: list[int], index: int, gateways: int, expected: set[int]
 ) -> None:
-    """Past the last CPU the gateways start again from the first."""
-    assert cpu_for(cpus, index) == expected
+    """One CPU each, round robin, unless there are fewer gateways than CPUs to share out."""
+    assert cpus_for(cpus, index, gateways) == expected
 
 
 @pytest.mark.skipif(len(CPUS) < 2, reason="one CPU cannot tell a pinned process from another")
@@ -110,6 +119,66 @@ def test_release_does_nothing_in_a_process_that_is_not_pinned() -> None:
         timeout=60,
     )
     assert json.loads(done.stdout) == [CPUS[0]]
+
+
+TFLITE_CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+
+    from server import affinity
+    from server.tflite_check import check_tflite
+
+    cpu, allowed = int(sys.argv[1]), json.loads(sys.argv[2])
+    affinity.pin({cpu}, allowed=allowed)
+    seen = []
+    real = affinity.release
+
+    def release(pid):
+        real(pid)
+        seen.append(sorted(os.sched_getaffinity(pid)))
+
+    affinity.release = release
+    check_tflite(Path(sys.argv[3]))
+    print(json.dumps(seen))
+    """
+)
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="one CPU cannot tell a pinned process from another")
+def test_a_pinned_gateway_checks_an_upload_on_every_cpu() -> None:
+    """The TFLite check's process (LiteRT loading an untrusted model) is not pinned."""
+    model = Path(__file__).parents[3] / "server" / "demo" / "digits.tflite"
+    done = subprocess.run(  # noqa: S603 - our interpreter, our script
+        [sys.executable, "-c", TFLITE_CHILD, str(CPUS[-1]), json.dumps(CPUS), str(model)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == [CPUS]
+
+
+def test_cpus_the_kernel_refuses_leave_the_gateway_unpinned() -> None:
+    """CPUs taken from the server since it started: a warning, and every allowed CPU kept."""
+    script = textwrap.dedent(
+        """
+        import json, os, sys
+        from server import affinity
+
+        allowed = json.loads(sys.argv[1])
+        pinned = affinity.pin({max(allowed) + 512}, allowed=allowed)
+        print(json.dumps([pinned, sorted(os.sched_getaffinity(0))]))
+        """
+    )
+    done = subprocess.run(  # noqa: S603 - our interpreter, our script
+        [sys.executable, "-c", script, json.dumps(CPUS)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == [False, CPUS]
 
 
 def test_the_setting_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -101,6 +101,21 @@ def test_a_job_past_its_time_limit_is_killed_and_failed(make_intake, demo_model)
     assert not (intake.staging / job.id).exists()
 
 
+def test_a_job_process_gets_every_cpu_back_from_a_pinned_gateway(
+    make_intake, demo_model, monkeypatch
+) -> None:
+    """Each job process is released from its gateway's CPU as soon as it starts."""
+    released = []
+    monkeypatch.setattr("server.jobs.process.affinity.release", released.append)
+    intake = make_intake(jobs_timeout_seconds=0.01)
+    job = _queue(intake, {"model": ("m.tflite", demo_model)})
+    tenant = intake.principal.tenant_id
+    _run_supervised(intake, lambda: intake.store.get(tenant, job.id).finished)
+    assert len(released) == 1
+    assert isinstance(released[0], int)
+    assert released[0] > 0
+
+
 def test_stopping_requeues_a_running_job_and_keeps_its_inputs(intake, tmp_path) -> None:
     """A graceful stop kills the job process; the job waits in the queue with its files."""
     keras = _tf.keras()
