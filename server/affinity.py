@@ -84,7 +84,7 @@ def pin(cpus: set[int], *, allowed: list[int]) -> bool:
 
 
 def place(pid: int, cpus: set[int]) -> None:
-    """Move child ``pid`` to ``cpus`` now, before it runs far (it places its own threads later)."""
+    """Move child ``pid`` (a gateway, which pins all its threads once it runs) to ``cpus`` now."""
     with contextlib.suppress(OSError):  # ended already, or CPUs gone: it pins itself or not
         os.sched_setaffinity(pid, cpus)
 

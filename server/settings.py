@@ -66,11 +66,12 @@ class Settings(BaseSettings):
     """
 
     gateway_cpu_affinity: bool = False
-    """Run each gateway process, and the local workers it starts, on one CPU of its own.
+    """Run each gateway process, and the local workers it starts, on CPUs of its own.
 
-    Gateway ``i`` takes the ``i``-th CPU the server may use (round robin), so
-    a gateway's hop to its worker never wakes another CPU (``server.affinity``).
-    For hosts whose CPUs the server has to itself, one gateway per CPU; Linux only.
+    Gateway ``i`` takes the ``i``-th CPU the server may use (round robin; with
+    fewer gateways than CPUs, a share of them), so a gateway's hop to its
+    workers stays on its CPU (``server.affinity``). For hosts whose CPUs the
+    server has to itself, best with one gateway per CPU; Linux only.
     """
 
     remote_workers: list[str] = Field(default_factory=list)
