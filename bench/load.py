@@ -15,11 +15,11 @@ What it does, in one run on this machine:
    processes (what the server's workers could do at best with no gateway).
 3. ``sealserve serve`` with authentication on (one gateway per CPU, each
    pinned with its worker to its CPU, as on a host whose CPUs the server has
-   to itself; ``--no-cpu-affinity`` leaves placement to the kernel), then for each model and
-   protocol, concurrency 1, 8 and 64: REST with ``wrk`` (a Lua script sets
-   the body and the bearer token; digits as JSON over the Open Inference
-   Protocol and TF Serving ``:predict``, the CNN as the binary tensor
-   extension), gRPC with ``h2load`` (raw HTTP/2 frames carrying a
+   to itself; ``--no-cpu-affinity`` leaves placement to the kernel), then for
+   each model and protocol, concurrency 1, 8 and 64: REST with ``wrk`` (a
+   Lua script sets the body and the bearer token; digits as JSON over the
+   Open Inference Protocol and TF Serving ``:predict``, the CNN as the
+   binary tensor extension), gRPC with ``h2load`` (raw HTTP/2 frames carrying a
    ``ModelInferRequest``; latencies from its per-request log). Both are C
    programs: the load generator costs a fraction of what the server does.
    Every point checks that no call failed (wrk's non-2xx count; for gRPC the
@@ -463,7 +463,8 @@ def fairness(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
     ("elsewhere"). The last costs the machine the same CPU without touching
     the victim's server, so it shows how much of the rise is the machine's
     (two cores shared with the flood's client and its refusals) rather than
-    the victim's server letting one tenant slow another.
+    the victim's server letting one tenant slow another. (The second server
+    idles through the other two conditions.)
     """
     limits = {
         "SEALSERVE_WORKERS": str(args.workers),
