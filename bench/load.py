@@ -565,8 +565,10 @@ class _FairnessRun:
     def flooding(self, target: Server, condition: str) -> None:
         """A round of the victim's calls while the flooding tenant floods ``target``."""
         args, server = self._args, self._server
+        ours = target is server  # only then is the server's CPU and the flood's rate kept
         with tempfile.TemporaryFile() as out:
-            cpu_before, started = tree_cpu(server.process.pid), time.monotonic()
+            cpu_before = tree_cpu(server.process.pid) if ours else 0.0
+            started = time.monotonic()
             flood = subprocess.Popen(  # noqa: S603 - our own interpreter and this file
                 [
                     sys.executable,
@@ -583,11 +585,11 @@ class _FairnessRun:
             time.sleep(1)
             victim = self.paced(condition)
             flood.wait()
-            cpu = tree_cpu(server.process.pid) - cpu_before
+            cpu = tree_cpu(server.process.pid) - cpu_before if ours else 0.0
             elapsed = time.monotonic() - started
             out.seek(0)
             sent, refused = (float(v) for v in out.read().decode().split())
-        if target is server:
+        if ours:
             self.floods.append((sent, refused))
             calls = sent * (args.seconds + 2) + victim.rate * args.seconds
             self.server_cpu.append((cpu / elapsed, cpu / calls))

@@ -64,23 +64,28 @@ def pin(cpus: set[int], *, allowed: list[int]) -> bool:
     """
     global _released  # noqa: PLW0603 - once per process, before it starts serving
     try:
-        # A thread keeps the mask it had; new threads inherit their creator's.
-        # So every thread there is now is moved.
-        for thread in Path("/proc/self/task").iterdir():
-            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-                os.sched_setaffinity(int(thread.name), cpus)
+        _move_every_thread(cpus)
     except OSError as exc:
         log.warning(
             "gateway not pinned: the kernel refused its cpus", cpus=sorted(cpus), error=str(exc)
         )
         with contextlib.suppress(OSError):
-            for thread in Path("/proc/self/task").iterdir():
-                with contextlib.suppress(ProcessLookupError):
-                    os.sched_setaffinity(int(thread.name), allowed)
+            _move_every_thread(set(allowed))
         return False
     _released = frozenset(allowed)
     log.info("gateway pinned", cpus=sorted(cpus))
     return True
+
+
+def _move_every_thread(cpus: set[int]) -> None:
+    """Put every thread of this process on ``cpus``.
+
+    A thread keeps the mask it had, and new threads inherit their creator's,
+    so each thread there is now is moved.
+    """
+    for thread in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(thread.name), cpus)
 
 
 def place(pid: int, cpus: set[int]) -> None:
