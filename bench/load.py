@@ -705,6 +705,42 @@ def latency_floor(args: argparse.Namespace) -> dict[str, Any] | None:
     return floor
 
 
+def machine_speed(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The issue's two ceilings measured now: how this machine compares with the issue's.
+
+    Issue 7 set its targets against a bare ASGI app and a bare ``grpc.aio``
+    handler it measured on its day (``bench/ceilings.py``); the same machine
+    runs them at half that speed on some days and at full speed on others.
+    Measured in the same run, with the same load generators, they tell a
+    reader whether a missed target was missed on a fast day or a slow one.
+    """
+    if args.only not in ("all", "digits"):
+        return None
+    from ceilings import ISSUE, bare_asgi_rate, bare_grpc  # noqa: PLC0415 - ceilings imports this module
+
+    processes = min(max(args.gateways, 1), 2)  # the issue measured one and two processes
+    seconds = min(args.seconds, 5)
+    speed = {
+        "processes": processes,
+        "asgi": bare_asgi_rate(processes, seconds),
+        "grpc": bare_grpc(processes, seconds),
+        "asgi_issue": ISSUE["asgi"][processes - 1],
+        "grpc_issue": ISSUE["grpc"][processes - 1],
+    }
+    print(f"machine speed: {_speed_text(speed)}", flush=True)
+    return speed
+
+
+def _speed_text(speed: dict[str, Any]) -> str:
+    return (
+        f"in {speed['processes']} processes at c=64, a bare ASGI app served "
+        f"{speed['asgi']:,.0f} req/s ({speed['asgi'] / speed['asgi_issue']:.0%} of the "
+        f"{speed['asgi_issue']:,} the issue measured) and a bare grpc.aio handler "
+        f"{speed['grpc']:,.0f} calls/s ({speed['grpc'] / speed['grpc_issue']:.0%} of "
+        f"{speed['grpc_issue']:,})"
+    )
+
+
 def _floor_text(floor: dict[str, Any]) -> str:
     return (
         f"a bare ASGI app in {floor['processes']} processes at c=8: p50 "
@@ -718,6 +754,7 @@ def verdicts(
     rows: list[dict[str, Any]],
     ceilings: dict[str, dict[str, float]],
     floor: dict[str, Any] | None = None,
+    speed: dict[str, Any] | None = None,
 ) -> list[str]:
     """One line per target the issue sets whose point was measured: figure, target, met or not."""
     lines = []
@@ -744,6 +781,11 @@ def verdicts(
         line = f"target {name}: {text}: {'met' if met else 'MISSED'}"
         if what == "p99" and floor:
             line += f" (the floor today: {_floor_text(floor)})"
+        if what == "rate" and speed:
+            kind = "grpc" if protocol.startswith("gRPC") else "asgi"
+            share = speed[kind] / speed[f"{kind}_issue"]
+            bare = "grpc.aio handler" if kind == "grpc" else "ASGI app"
+            line += f" (a bare {bare} ran at {share:.0%} of the issue's figure today)"
         lines.append(line)
     return lines
 
@@ -770,6 +812,14 @@ def write_docs(results: dict[str, Any]) -> None:
                 f"Latency floor ({_floor_text(results['floor'])}): no model, no "
                 "authentication and no hop; what the scheduler costs with that many busy "
                 "processes on this machine, under the p99 target at c=8."
+            ),
+        ]
+    if results.get("speed"):
+        lines += [
+            "",
+            (
+                f"This machine during the run ({_speed_text(results['speed'])}): the issue "
+                "set its targets against these two ceilings on its day."
             ),
         ]
     lines += [
@@ -937,6 +987,7 @@ def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
         setup.env["SEALSERVE_GATEWAY_CPU_AFFINITY"] = "true" if args.cpu_affinity else "false"
         ceilings = measure_ceilings(args, with_cnn=with_cnn)
         floor = latency_floor(args)
+        speed = machine_speed(args)
         rows: list[dict[str, Any]] = []
         if args.only not in ("fairness", "audit"):
             throughput(setup, args, rows)
@@ -949,9 +1000,10 @@ def main() -> None:  # noqa: C901 - one flat dispatch over the benchmark's modes
             ),
             "ceiling": ceilings,
             "floor": floor,
+            "speed": speed,
             "rows": rows,
         }
-        for line in verdicts(rows, ceilings, floor):
+        for line in verdicts(rows, ceilings, floor, speed):
             print(line, flush=True)
         if args.only in ("all", "fairness"):
             results["fairness"] = fairness(setup, args)
