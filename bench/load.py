@@ -278,7 +278,7 @@ def grpc_frame(model: str, x: np.ndarray) -> bytes:
     tensor = request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
     del tensor
     request.raw_input_contents.append(x.astype("<f4").tobytes())
-    message = request.SerializeToString()
+    message: bytes = request.SerializeToString()
     return b"\x00" + struct.pack(">I", len(message)) + message
 
 
@@ -881,7 +881,7 @@ def measure_ceilings(args: argparse.Namespace, *, with_cnn: bool) -> dict[str, d
     ceilings: dict[str, dict[str, float]] = {}
     if args.only in ("fairness", "audit"):
         return ceilings
-    models = [("digits", DIGITS_FILE, (1, 64))]
+    models: list[tuple[str, Path, tuple[int, ...]]] = [("digits", DIGITS_FILE, (1, 64))]
     if with_cnn:
         models.append(("cnn", CNN_FILE, (1, 224, 224, 3)))
     for name, path, shape in models:
