@@ -710,7 +710,7 @@ def machine_speed(args: argparse.Namespace) -> dict[str, Any] | None:
 
     Issue 7 set its targets against a bare ASGI app and a bare ``grpc.aio``
     handler it measured on its day (``bench/ceilings.py``); the same machine
-    runs them at half that speed on some days and at full speed on others.
+    has run them at anything from under a third of that speed to all of it.
     Measured in the same run, with the same load generators, they tell a
     reader whether a missed target was missed on a fast day or a slow one.
     """
