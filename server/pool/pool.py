@@ -122,7 +122,7 @@ class WorkerPool:
 
     @property
     def snapshot(self) -> list[WorkerStatus]:
-        """Every worker's last ``Status``, refreshed each second."""
+        """Every worker's last ``Status``, refreshed each second and when one dies or comes back."""
         return self._supervisor.snapshot
 
     @property

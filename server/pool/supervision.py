@@ -98,7 +98,10 @@ class Supervisor:
         self._settings_line = b""
         self._tasks: list[asyncio.Task[None]] = []
         self.snapshot: list[WorkerStatus] = []
-        """Every worker's last ``Status``, refreshed each ``STATUS_INTERVAL``."""
+        """Every worker's last ``Status``, refreshed each ``STATUS_INTERVAL`` and when one
+        dies or comes back."""
+        self._changed = asyncio.Event()
+        """Set when a worker died or came back: the snapshot is refreshed at once."""
         self.on_snapshot: Callable[[], None] | None = None
         """Called after each refresh of ``snapshot`` (to publish it to other gateways)."""
 
@@ -128,6 +131,7 @@ class Supervisor:
                 slot.state, slot.live_since = WorkerState.LIVE, now
             else:
                 slot.task = asyncio.create_task(self._restart(slot, first=True))
+        self._changed.set()  # the first snapshot now, not an interval later
         self._tasks = [
             asyncio.create_task(self._watch()),
             asyncio.create_task(self._liveness()),
@@ -167,6 +171,7 @@ class Supervisor:
         first, longest = RESTART_BACKOFF
         delay = min(first * 2 ** (slot.crashes - 1), longest)
         slot.state, slot.restart_at = WorkerState.DEAD, now + delay
+        self._changed.set()
         slot.models.clear()
         slot.coalescer.fail_waiting()
         code = None if slot.process.process is None else slot.process.process.returncode
@@ -208,6 +213,7 @@ class Supervisor:
             asyncio.get_running_loop().time(),
             0,
         )
+        self._changed.set()
         if first:
             log.info(
                 "remote inference worker connected", worker=process.index, address=process.address
@@ -260,8 +266,13 @@ class Supervisor:
         return list(await asyncio.gather(*(self._status(slot) for slot in self._slots)))
 
     async def _refresh_status(self) -> None:
+        interval = STATUS_INTERVAL
         while True:
-            await asyncio.sleep(STATUS_INTERVAL)
+            # Not only on the interval: /metrics (and the other gateways) should show
+            # a worker down or back up as it happens, not up to a second later.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), interval)
+            self._changed.clear()
             try:
                 self.snapshot = await self.status()
             except Exception:

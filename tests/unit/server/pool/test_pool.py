@@ -335,6 +335,34 @@ def test_hung_worker_is_killed_and_replaced(
     assert gone(old_pid)
 
 
+def test_the_snapshot_shows_a_restart_as_it_happens(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/metrics reads the snapshot: a killed worker's return shows without waiting for the interval."""
+    monkeypatch.setattr(supervision, "STATUS_INTERVAL", 3600.0)
+
+    async def scenario() -> tuple[int, list[WorkerStatus]]:
+        async with own_pool(served.sealed, served.socket_root / "snapshot", 1) as pool:
+            (before,) = await pool.status()
+            assert before.pid is not None
+            os.kill(before.pid, signal.SIGKILL)
+
+            async def back() -> list[WorkerStatus] | None:
+                snapshot = pool.snapshot
+                if [s.state for s in snapshot] == [WorkerState.LIVE] and snapshot[0].pid not in (
+                    None,
+                    before.pid,
+                ):
+                    return snapshot
+                return None
+
+            return before.pid, await eventually(back)
+
+    old_pid, (after,) = served.run(scenario())
+    assert after.restarts == 1
+    assert after.pid != old_pid
+
+
 def test_stop_drains_then_leaves_no_child_process(
     served: Served, big_key: ModelKey, digits: Digits, reference: Reference
 ) -> None:
