@@ -14,8 +14,8 @@ whatever the limits say.
 Invocations run on the worker's inference thread, so a long one never
 delays ``Ping`` or ``Status``; but a small model runs in microseconds, less
 than the two thread hand-overs cost, so a model whose recent invocations
-took under ``INLINE_SECONDS`` is run on the event loop itself (which then
-waits at most that long).
+took under ``INLINE_SECONDS`` of CPU is run on the event loop itself (which
+then waits about that long).
 
 The queue is bounded (``max_queue`` calls): past it a call is refused at once
 as ``OVERLOADED`` rather than left to wait out its deadline. A call whose
@@ -174,17 +174,20 @@ class Batcher:
     def _run_many(
         self, calls: Sequence[tuple[Sequence[Tensor], Sequence[str]]]
     ) -> list[list[Tensor] | Exception]:
-        """``run_many``, timed where it runs.
+        """``run_many``, timed in the CPU time of the thread it runs on.
 
-        A hand-over to the inference thread and back is not the model's time;
-        counting it kept a quick model off the event loop for good once the
-        loop was busy.
+        The interpreter runs in the calling thread (``num_threads=1``), so that
+        is the model's own time. A hand-over to the inference thread and back,
+        a wait for the interpreter lock, or a moment the process lost its CPU
+        to another is not: counting the hand-over kept a quick model off the
+        event loop for good once the loop was busy, and counting the others
+        moved it off whenever the machine was crowded.
         """
-        started = time.perf_counter()
+        started = time.thread_time()
         try:
             return self.model.run_many(calls)
         finally:
-            self._timed(time.perf_counter() - started)
+            self._timed(time.thread_time() - started)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
