@@ -266,7 +266,7 @@ class Supervisor:
         return list(await asyncio.gather(*(self._status(slot) for slot in self._slots)))
 
     async def _refresh_status(self) -> None:
-        interval = STATUS_INTERVAL
+        interval = STATUS_INTERVAL  # read once: each supervisor keeps the one it started with
         while True:
             # Not only on the interval: /metrics (and the other gateways) should show
             # a worker down or back up as it happens, not up to a second later.
