@@ -192,35 +192,15 @@ class Gateway:
         self.services.access.deny.start()
         self.services.recorder.start()
         await self.pool.start()
-        if self.index == 0:
-            await self.services.supervisor.start()
-        else:
-            # A replica joins the shared gRPC port only now, like the REST one below: the
-            # kernel would hand it connections while its workers start, stalling them.
-            self.grpc.bind(f"{settings.host}:{settings.grpc_port}")
-        await self.grpc.start()
-        # Bound only now, when this process can answer: with shared ports the
-        # kernel hands connections to every listening socket of the group.
-        self.rest_socket = listen(settings.host, settings.rest_port, reuse_port=self.shared)
-        if self.shared and self.index == 0:
-            self.replicas = Replicas(
-                settings.model_copy(
-                    update={
-                        "rest_port": self.rest_socket.getsockname()[1],
-                        "grpc_port": self.grpc_port,
-                    }
-                ),
-                shared_dir=self.shared_dir,
-                cpus=self.cpus,
-            )
-            self.replicas.start()
-        key_reload = asyncio.create_task(self._reload_signing_keys())
-        http_task = asyncio.create_task(self.http.serve(sockets=[self.rest_socket]))
-        while not self.http.started:
-            if http_task.done():
-                await http_task  # re-raise why it could not start
-                return
-            await asyncio.sleep(0.01)
+        try:
+            opened = await self._open()
+        except BaseException:
+            await self.pool.stop(0)  # its workers (and a spare still starting) end before it
+            raise
+        if opened is None:
+            await self.pool.stop(0)
+            return
+        key_reload, http_task = opened
         log.info(
             "sealserve listening" if self.index == 0 else "gateway process listening",
             rest=f"http://{settings.host}:{self.rest_port}",
@@ -254,6 +234,44 @@ class Gateway:
             shutil.rmtree(self.shared_dir, ignore_errors=True)
         self.services.access.deny.stop()
         log.info("stopped")
+
+    async def _open(self) -> tuple[asyncio.Task[None], asyncio.Task[None]] | None:
+        """Start the jobs (primary) and the gRPC and REST servers: (key reload, HTTP) tasks.
+
+        ``None`` if the HTTP server ended before it started without saying why.
+        """
+        settings = self.container.settings
+        if self.index == 0:
+            await self.services.supervisor.start()
+        else:
+            # A replica joins the shared gRPC port only now, like the REST one below: the
+            # kernel would hand it connections while its workers start, stalling them.
+            self.grpc.bind(f"{settings.host}:{settings.grpc_port}")
+        await self.grpc.start()
+        # Bound only now, when this process can answer: with shared ports the
+        # kernel hands connections to every listening socket of the group.
+        self.rest_socket = listen(settings.host, settings.rest_port, reuse_port=self.shared)
+        if self.shared and self.index == 0:
+            self.replicas = Replicas(
+                settings.model_copy(
+                    update={
+                        "rest_port": self.rest_socket.getsockname()[1],
+                        "grpc_port": self.grpc_port,
+                    }
+                ),
+                shared_dir=self.shared_dir,
+                cpus=self.cpus,
+            )
+            self.replicas.start()
+        key_reload = asyncio.create_task(self._reload_signing_keys())
+        http_task = asyncio.create_task(self.http.serve(sockets=[self.rest_socket]))
+        while not self.http.started:
+            if http_task.done():
+                key_reload.cancel()
+                await http_task  # re-raise why it could not start
+                return None
+            await asyncio.sleep(0.01)
+        return key_reload, http_task
 
     def _adopt(self, connection: socket.socket, sender: int | None) -> None:
         """Serve a connection another gateway accepted and passed here."""
