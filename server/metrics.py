@@ -57,6 +57,10 @@ class PoolView(Protocol):
     def loop_load(self) -> LoopLoad:
         """How busy the gateway's event loop is."""
 
+    @property
+    def spares_ready(self) -> int:
+        """Started workers held ready to replace one that dies."""
+
     on_snapshot: Callable[[], None] | None
     """Called after each snapshot refresh."""
 
@@ -154,6 +158,7 @@ class Metrics:
                 pool.rpc_stats,
                 dict(self.names),
                 pool.loop_load.share,
+                pool.spares_ready,
             )
 
         shared_dir = self.shared_dir
@@ -190,6 +195,8 @@ class PoolShare:
     names: dict[str, tuple[str, str]]
     loop_share: float = 0.0
     """The last window's share of time the gateway's event loop was busy."""
+    spares: int = 0
+    """Started workers the gateway holds ready to replace one that dies."""
 
 
 class PoolCollector(Collector):
@@ -249,6 +256,15 @@ class PoolCollector(Collector):
         for share in shares:
             busy.add_metric([str(share.gateway)], share.loop_share)
         yield busy
+        spares = GaugeMetricFamily(
+            "sealserve_spare_workers",
+            "Started workers the gateway holds ready to replace one that dies "
+            "(SEALSERVE_SPARE_WORKERS).",
+            labels=["gateway"],
+        )
+        for share in shares:
+            spares.add_metric([str(share.gateway)], share.spares)
+        yield spares
 
     def _worker_label(self, gateway: int, index: int) -> str:
         return f"{gateway}.{index}" if self._worker_prefix else str(index)

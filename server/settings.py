@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)
     """Local inference worker processes (in all, divided among the gateway processes)."""
 
+    spare_workers: int = Field(default=1, ge=0, le=8)
+    """Started workers each gateway keeps ready beside its local ones (0: none).
+
+    A local worker that dies is replaced by a spare at once instead of by a
+    process started then, which takes a second or more of CPU (several on a
+    busy host); a new spare starts in the background. Each holds no model:
+    tens of MiB. A worker that keeps crashing still waits out the restart
+    backoff.
+    """
+
     gateways: int = Field(default=1, ge=1, le=64)
     """Gateway processes serving the same REST and gRPC ports (``SO_REUSEPORT``).
 

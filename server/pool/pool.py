@@ -113,7 +113,11 @@ class WorkerPool:
                 for i, address in enumerate(remote)
             ]
         self._supervisor = Supervisor(
-            self._slots, ready_timeout=ready_timeout, on_change=self._notify
+            self._slots,
+            ready_timeout=ready_timeout,
+            on_change=self._notify,
+            spares=settings.spare_workers if workers else 0,
+            socket_dir=socket_dir,
         )
         self._started = self._closing = False
         self._calls = 0
@@ -124,6 +128,12 @@ class WorkerPool:
     def snapshot(self) -> list[WorkerStatus]:
         """Every worker's last ``Status``, refreshed each second and when one dies or comes back."""
         return self._supervisor.snapshot
+
+    @property
+    def spares_ready(self) -> int:
+        """Started workers held ready to replace one that dies (``server.pool.spares``)."""
+        spares = self._supervisor.spares
+        return 0 if spares is None else spares.ready
 
     @property
     def on_snapshot(self) -> Callable[[], None] | None:

@@ -112,6 +112,7 @@ class WorkerProcess:
             msg = f"socket path too long for a Unix socket ({longest} bytes)"
             raise ValueError(msg)
         self.index = index
+        """The slot's index (-1 for a spare not yet handed a slot: ``server.pool.spares``)."""
         self.socket_path = socket_path
         self.process: subprocess.Popen[bytes] | None = None
         self.channel: grpc.aio.Channel | None = None
@@ -170,8 +171,9 @@ class WorkerProcess:
             code = process.poll()
             return None if code is None else f"exited with code {code} while starting"
 
+        what = f"worker {self.index}" if self.index >= 0 else "spare worker"
         self.instance_id = await ping_until_ready(
-            self.stub, timeout=timeout, attempt=0.5, what=f"worker {self.index}", gone=gone
+            self.stub, timeout=timeout, attempt=0.5, what=what, gone=gone
         )
         return self.instance_id
 

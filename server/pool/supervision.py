@@ -4,8 +4,10 @@
 ``WorkerPool``. Three background tasks keep the workers healthy without a
 gateway restart: the watcher notices exited processes within
 ``WATCH_INTERVAL`` and restarts them with exponential backoff (so a worker
-that crashes at start-up cannot spin); the liveness task pings every worker
-and kills one that stops answering (a hung worker looks alive to ``poll()``);
+that crashes at start-up cannot spin), or for a slot's first crash in a
+while hands its slot to a started spare at once (``server.pool.spares``);
+the liveness task pings every worker and kills one that stops answering (a
+hung worker looks alive to ``poll()``);
 and each ``STATUS_INTERVAL`` every worker is asked for its ``Status``: what it
 reports holding (it may have evicted models) steers the balancer, and the
 snapshot feeds ``/metrics`` without an RPC on the scrape. A restarted worker
@@ -28,6 +30,7 @@ from server.errors import StartupError
 from server.pool.dispatcher import WorkerGone, answered
 from server.pool.process import WorkerProcess, WorkerStartError
 from server.pool.remote import RemoteWorker
+from server.pool.spares import SpareWorkers
 from server.pool.status import WorkerState, WorkerStatus, status_from_reply
 
 if TYPE_CHECKING:
@@ -49,6 +52,8 @@ PING_INTERVAL, PING_TIMEOUT, PING_FAILURES = 1.0, 2.0, 3
 """Liveness: a worker that misses this many pings in a row is killed and restarted."""
 STATUS_INTERVAL = 1.0
 """How often each worker's ``Status`` is read (placement and metrics)."""
+SPARE_PING_TIMEOUT = 0.5
+"""How long a spare has to answer before it takes a dead worker's slot."""
 STOP_TIMEOUT = 5.0
 """How long a worker gets to exit after SIGTERM before it is killed."""
 REMOTE_READY_TIMEOUT = 10.0
@@ -89,9 +94,23 @@ class Supervisor:
     """Starts the slots' workers and keeps them running until ``stop``."""
 
     def __init__(
-        self, slots: Sequence[Slot], *, ready_timeout: float, on_change: Callable[[], None]
+        self,
+        slots: Sequence[Slot],
+        *,
+        ready_timeout: float,
+        on_change: Callable[[], None],
+        spares: int = 0,
+        socket_dir: Path | None = None,
     ) -> None:
         self._slots = slots
+        self.spares = (
+            SpareWorkers(
+                spares, socket_dir, ready_timeout=ready_timeout, on_change=self._changed_now
+            )
+            if spares and socket_dir is not None
+            else None
+        )
+        """Started workers that replace a dead local one at once (``server.pool.spares``)."""
         self._ready_timeout = ready_timeout
         self._on_change = on_change
         """Called when a worker comes (back) up: calls waiting for one look again."""
@@ -132,6 +151,8 @@ class Supervisor:
             else:
                 slot.task = asyncio.create_task(self._restart(slot, first=True))
         self._changed.set()  # the first snapshot now, not an interval later
+        if self.spares is not None and local:
+            self.spares.start(settings_line)  # after the slots: they go first at start-up
         self._tasks = [
             asyncio.create_task(self._watch()),
             asyncio.create_task(self._liveness()),
@@ -144,7 +165,12 @@ class Supervisor:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._terminate_all()
+        spares = self.spares.stop() if self.spares is not None else asyncio.sleep(0)
+        spared, ended = await asyncio.gather(spares, self._terminate_all(), return_exceptions=True)
+        if isinstance(spared, BaseException):  # the workers were stopped all the same
+            log.warning("stopping the spare workers failed", exc_info=spared)
+        if isinstance(ended, BaseException):
+            raise ended
 
     async def _terminate_all(self) -> None:
         for slot in self._slots:
@@ -170,6 +196,8 @@ class Supervisor:
         slot.crashes += 1
         first, longest = RESTART_BACKOFF
         delay = min(first * 2 ** (slot.crashes - 1), longest)
+        if self._may_take_spare(slot) and self.spares is not None and self.spares.ready:
+            delay = 0.0  # a started spare takes the slot (see _restart); nothing to wait for
         slot.state, slot.restart_at = WorkerState.DEAD, now + delay
         self._changed.set()
         slot.models.clear()
@@ -201,13 +229,17 @@ class Supervisor:
         process.kill()  # in case it was declared dead while still running (hung)
         await process.wait_exit(STOP_TIMEOUT)
         await process.close()
-        try:
-            process.spawn(self._settings_line)
-            await process.wait_ready(self._ready_timeout_of(slot))
-        except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any failure
-            process.kill()
-            self._mark_dead(slot, str(exc) if isinstance(exc, WorkerStartError) else repr(exc))
-            return
+        spare = await self._spare_for(slot)
+        if spare is not None:
+            spare.index, slot.process, process = process.index, spare, spare
+        else:
+            try:
+                process.spawn(self._settings_line)
+                await process.wait_ready(self._ready_timeout_of(slot))
+            except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any failure
+                process.kill()
+                self._mark_dead(slot, str(exc) if isinstance(exc, WorkerStartError) else repr(exc))
+                return
         slot.state, slot.live_since, slot.ping_failures = (
             WorkerState.LIVE,
             asyncio.get_running_loop().time(),
@@ -226,8 +258,34 @@ class Supervisor:
             worker=process.index,
             pid=process.pid,
             address=process.address,
+            spare=spare is not None,
         )
         self._on_change()
+
+    @staticmethod
+    def _may_take_spare(slot: Slot) -> bool:
+        """A local slot's first crash in a while: later ones back off with a new process."""
+        return slot.crashes <= 1 and isinstance(slot.process, WorkerProcess)
+
+    async def _spare_for(self, slot: Slot) -> WorkerProcess | None:
+        """A started spare that still answers, for a slot that may take one."""
+        if self.spares is None or not self._may_take_spare(slot):
+            return None
+        spare = self.spares.take()
+        if spare is None or spare.stub is None:
+            return None
+        try:  # started a while ago: it may have hung since
+            await answered(spare.stub.Ping(worker_pb2.PingRequest(), timeout=SPARE_PING_TIMEOUT))
+        except (grpc.aio.AioRpcError, WorkerGone):
+            log.warning("spare inference worker did not answer; starting a new one", pid=spare.pid)
+            spare.kill()
+            await spare.wait_exit(STOP_TIMEOUT)
+            await spare.close()
+            return None
+        return spare
+
+    def _changed_now(self) -> None:
+        self._changed.set()
 
     def _ready_timeout_of(self, slot: Slot) -> float:
         if isinstance(slot.process, RemoteWorker):
@@ -270,8 +328,10 @@ class Supervisor:
         while True:
             # Not only on the interval: /metrics (and the other gateways) should show
             # a worker down or back up as it happens, not up to a second later.
+            # Not ``wait_for``: on Python 3.11 it can swallow the cancellation of ``stop``.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._changed.wait()
             self._changed.clear()
             try:
                 self.snapshot = await self.status()

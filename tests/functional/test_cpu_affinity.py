@@ -1,8 +1,8 @@
 """Gateways pinned to CPUs (``SEALSERVE_GATEWAY_CPU_AFFINITY``), with the workers they start.
 
-One server for the module: two gateways, two workers each. Each gateway,
-every thread of it and both its workers run on the CPU of its index; a
-worker or a replica that is killed comes back on the same CPU.
+One server for the module: two gateways, two workers and a spare each. Each
+gateway, every thread of it and all its workers run on the CPU of its index;
+a worker or a replica that is killed comes back on the same CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from tests.servers import SEALSERVE, ServerProcess, server_env, start_server, wa
 CPUS = sorted(os.sched_getaffinity(0))
 """What the server is started with: this process's CPUs."""
 GATEWAYS = 2
+WORKERS_EACH = 2 + 1
+"""Each gateway's worker processes: two workers and a spare (``SEALSERVE_SPARE_WORKERS``)."""
 
 
 def thread_cpus(pid: int) -> list[set[int]]:
@@ -61,6 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     env = server_env(
         data_dir,
         SEALSERVE_WORKERS="4",
+        SEALSERVE_SPARE_WORKERS="1",
         SEALSERVE_GATEWAYS=str(GATEWAYS),
         SEALSERVE_GATEWAY_CPU_AFFINITY="true",
         SEALSERVE_SHUTDOWN_GRACE_SECONDS="2",
@@ -68,7 +71,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     subprocess.run([SEALSERVE, "init", "--demo"], env=env, check=True, capture_output=True)  # noqa: S603
     running = start_server(env, data_dir / "server.log")
     try:
-        wait_for(lambda: replica_of(running), 30, "the replica")
+        replica = wait_for(lambda: replica_of(running), 30, "the replica")
+        for gateway in (running.process.pid, replica):  # spares start after the workers
+            wait_for(lambda g=gateway: len(workers_of(g)) == WORKERS_EACH, 30, "the spares")
         yield running
     finally:
         running.process.send_signal(signal.SIGTERM)
@@ -110,10 +115,10 @@ def call(server: ServerProcess, data_dir: Path) -> None:
 def test_each_gateway_and_its_workers_run_on_the_cpus_of_its_index(
     server: ServerProcess,
 ) -> None:
-    """Gateway i, every thread of it, and both its workers: on the i-th CPU only."""
+    """Gateway i, every thread of it, and all its workers: on the i-th CPU only."""
     seen: list[set[int]] = []
     for cpus, gateway, workers in layout(server):
-        assert len(workers) == 2
+        assert len(workers) == WORKERS_EACH
         for pid in (gateway, *workers):
             assert pinned_to(pid, cpus), (cpus, pid, thread_cpus(pid))
         seen.append(cpus)
@@ -127,7 +132,10 @@ def test_each_gateway_and_its_workers_run_on_the_cpus_of_its_index(
 
 
 def test_a_killed_worker_comes_back_on_its_gateways_cpu(server: ServerProcess) -> None:
-    """The restarted worker is started by the pinned gateway, so it inherits the CPU."""
+    """Its replacements are started by the pinned gateway, so they inherit the CPU.
+
+    (A spare takes its slot, and a new spare is started behind it.)
+    """
     cpus, replica, workers = layout(server)[1]
     victim = workers[0]
     os.kill(victim, signal.SIGKILL)
@@ -149,7 +157,7 @@ def test_a_killed_replica_comes_back_on_its_cpu_with_its_workers(server: ServerP
         15,
         "a new replica",
     )
-    workers = wait_for(lambda: len(w := workers_of(new)) == 2 and w, 30, "its workers")
+    workers = wait_for(lambda: len(w := workers_of(new)) == WORKERS_EACH and w, 30, "its workers")
     for pid in (new, *workers):
         wait_for(lambda pid=pid: pinned_to(pid, cpus), 30, f"{pid} pinned to {cpus}")
     call(server, Path(server.log).parent)

@@ -3,8 +3,8 @@
 Both serve REST and gRPC, metrics add up over them, a killed replica comes
 back, SIGTERM stops everything, and a stranger cannot share the ports.
 
-One server for the module (two gateways, one worker each); the tests run in
-file order and the last one shuts it down.
+One server for the module (two gateways, one worker and one spare each); the
+tests run in file order and the last one shuts it down.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 
 GRACE = 2.0
+SPARES = 1
+"""Spare workers each gateway keeps (``SEALSERVE_SPARE_WORKERS``): they must go down with it."""
 INFER_ROUTE = "/v2/models/{model}/infer"
 
 
@@ -142,6 +144,18 @@ class Gateways:
             )
         return np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(1, 10)
 
+    def wait_for_spares(self) -> None:
+        """Until both gateways report their spares started (they start after the workers)."""
+
+        def ready() -> bool:
+            samples = self.scrape()
+            return all(
+                samples.get(("sealserve_spare_workers", frozenset({("gateway", g)}))) == SPARES
+                for g in ("0", "1")
+            )
+
+        wait_for(ready, 30, "the spare workers", interval=0.2)
+
     def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         """``/metrics`` on a new connection (any gateway may answer), as sample -> value."""
         text = self.client.get(
@@ -208,6 +222,7 @@ def gateways(tmp_path_factory: pytest.TempPathFactory):
     env = server_env(
         data_dir,
         SEALSERVE_WORKERS="2",
+        SEALSERVE_SPARE_WORKERS=str(SPARES),
         SEALSERVE_GATEWAYS="2",
         SEALSERVE_SHUTDOWN_GRACE_SECONDS=str(GRACE),
         SEALSERVE_LOG_LEVEL="INFO",
@@ -398,8 +413,10 @@ def test_a_killed_replica_is_replaced_and_calls_keep_succeeding(gateways: Gatewa
     """
     old = gateways.replica()
     assert old is not None
-    (orphan,) = children(old, b"server.pool.worker")
-    orphan_sockets = Path(argument(orphan, "--socket")).parent
+    gateways.wait_for_spares()
+    orphans = children(old, b"server.pool.worker")
+    assert len(orphans) == 1 + SPARES  # its worker and its spare
+    orphan_sockets = {Path(argument(pid, "--socket")).parent for pid in orphans}
     rest = Load(lambda: gateways.infer(timeout=15))
     remote = Load(lambda: gateways.grpc_infer(timeout=15), threads=1)
     rest.start()
@@ -431,10 +448,11 @@ def test_a_killed_replica_is_replaced_and_calls_keep_succeeding(gateways: Gatewa
         remote.stop()
     gateways.seen_prefixes |= rest.prefixes(after=killed_at)
     assert not alive(old)
-    assert not alive(orphan)  # the killed replica's worker died with it
+    assert not any(alive(pid) for pid in orphans)  # its workers died with it, spare included
     # The killed replica could not remove its socket directory: it lies in the
     # primary's shared directory, which goes when the primary stops.
-    assert orphan_sockets.is_relative_to(gateways.shared_dir)
+    (orphan_dir,) = orphan_sockets
+    assert orphan_dir.is_relative_to(gateways.shared_dir)
     settled = killed_at + 1.0
     for load in (rest, remote):
         assert load.since(settled), "no calls were made after the kill"
@@ -477,10 +495,11 @@ def test_sigterm_stops_every_process_and_removes_the_shared_dir(gateways: Gatewa
     """SIGTERM to the primary: it, the replica and all workers exit; the metrics dir is gone."""
     replica = gateways.replica()
     assert replica is not None
+    gateways.wait_for_spares()
     workers = children(gateways.pid, b"server.pool.worker") + children(
         replica, b"server.pool.worker"
     )
-    assert len(workers) == 2
+    assert len(workers) == 2 * (1 + SPARES)
     socket_dirs = {Path(argument(pid, "--socket")).parent for pid in workers}
     everyone = [gateways.pid, replica, *workers]
     assert gateways.shared_dir.is_dir()

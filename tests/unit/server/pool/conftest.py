@@ -62,6 +62,7 @@ def sealed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sealed]:
         master_key=base64.b64encode(os.urandom(32)).decode(),
         log_level="WARNING",
         shutdown_grace_seconds=5,
+        spare_workers=0,  # tests of spares ask for them (test_spares.py)
     )
     container = build_container(settings)
     schema.upgrade(container.engine)
