@@ -199,6 +199,14 @@ class PoolShare:
     """Started workers the gateway holds ready to replace one that dies."""
 
 
+def _per_gateway(name: str, text: str, values: dict[int, float]) -> GaugeMetricFamily:
+    """A gauge with one sample per gateway process."""
+    family = GaugeMetricFamily(name, text, labels=["gateway"])
+    for gateway, value in values.items():
+        family.add_metric([str(gateway)], value)
+    return family
+
+
 class PoolCollector(Collector):
     """Worker families built from the pools' last status snapshots at scrape time.
 
@@ -246,25 +254,19 @@ class PoolCollector(Collector):
         )
         rpc.add_metric([], _cumulative(RPC_BUCKETS, stats.buckets), stats.calls)
         yield rpc
-        busy = GaugeMetricFamily(
+        yield _per_gateway(
             "sealserve_gateway_loop_busy",
             "Share of the last 50 ms the gateway's event loop ran or waited for a CPU "
             "(at 0.9 and over, gRPC calls wait up to SEALSERVE_POOL_COALESCE_BUSY_DELAY_MS "
             "to share trips to workers).",
-            labels=["gateway"],
+            {share.gateway: share.loop_share for share in shares},
         )
-        for share in shares:
-            busy.add_metric([str(share.gateway)], share.loop_share)
-        yield busy
-        spares = GaugeMetricFamily(
+        yield _per_gateway(
             "sealserve_spare_workers",
             "Started workers the gateway holds ready to replace one that dies "
             "(SEALSERVE_SPARE_WORKERS).",
-            labels=["gateway"],
+            {share.gateway: share.spares for share in shares},
         )
-        for share in shares:
-            spares.add_metric([str(share.gateway)], share.spares)
-        yield spares
 
     def _worker_label(self, gateway: int, index: int) -> str:
         return f"{gateway}.{index}" if self._worker_prefix else str(index)

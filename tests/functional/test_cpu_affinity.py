@@ -19,8 +19,16 @@ import pytest
 
 from server.affinity import cpus_for
 from tests.functional.conftest import token_for
-from tests.functional.test_gateways import alive, argument, children
-from tests.servers import SEALSERVE, ServerProcess, server_env, start_server, wait_for
+from tests.servers import (
+    SEALSERVE,
+    ServerProcess,
+    alive,
+    argument,
+    children,
+    server_env,
+    start_server,
+    wait_for,
+)
 
 CPUS = sorted(os.sched_getaffinity(0))
 """What the server is started with: this process's CPUs."""

@@ -37,6 +37,9 @@ from tests.functional.conftest import token_for
 from tests.servers import (
     SEALSERVE,
     ServerProcess,
+    alive,
+    argument,
+    children,
     free_port,
     server_env,
     start_server,
@@ -51,48 +54,6 @@ GRACE = 2.0
 SPARES = 1
 """Spare workers each gateway keeps (``SEALSERVE_SPARE_WORKERS``): they must go down with it."""
 INFER_ROUTE = "/v2/models/{model}/infer"
-
-
-# --- processes ---------------------------------------------------------------------
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state first), or None if gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie has exited)."""
-    stat = _stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
-
-
-def children(pid: int, marker: bytes) -> list[int]:
-    """Live children of ``pid`` whose command line contains ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _stat(int(entry.name))
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if (
-            stat is not None
-            and int(stat[1]) == pid
-            and marker in cmdline
-            and alive(int(entry.name))
-        ):
-            found.append(int(entry.name))
-    return found
-
-
-def argument(pid: int, flag: str) -> str:
-    """The value after ``flag`` in the command line of ``pid``."""
-    args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    return args[args.index(flag) + 1]
 
 
 @dataclass

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 
 from tests.digits import digits_test_split, in_process_probabilities
 from tests.functional.conftest import token_for
-from tests.servers import cli, server_env, start_server, wait_for
+from tests.servers import children, cli, server_env, start_server, wait_for
 
 LOAD_SECONDS = 30.0
 CONCURRENCY = 16
@@ -26,18 +25,7 @@ CALL_TIMEOUT = 10.0
 
 def worker_pids(server_pid: int, marker: bytes = b"server.pool.worker") -> set[int]:
     """The inference worker processes the server spawned (whose command line has ``marker``)."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == server_pid and marker in cmdline and stat[0] != "Z":
-            pids.add(int(entry.name))
-    return pids
+    return set(children(server_pid, marker))
 
 
 def live_workers(metrics: str) -> int:

@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -18,11 +17,13 @@ import pytest
 from server.pool import supervision
 from server.pool.pool import WorkerPool
 from server.pool.status import WorkerState, WorkerStatus
+from tests.servers import children
 
 from .test_pool import eventually, gone, predict
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
 
     from .conftest import Digits, Reference, Sealed
 
@@ -45,18 +46,7 @@ def spare_pids() -> set[int]:
 
     A spare that was handed a slot keeps its socket, so it is still among them.
     """
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == os.getpid() and stat[0] != "Z" and b"/spare-" in cmdline:
-            found.add(int(entry.name))
-    return found
+    return set(children(os.getpid(), b"/spare-"))
 
 
 @contextlib.asynccontextmanager
