@@ -170,8 +170,11 @@ class JobSupervisor:
             except Exception:
                 log.exception("job supervisor tick failed")
             self._wake.clear()
+            # Not ``wait_for``: on Python 3.11 it can swallow the cancellation of ``stop``
+            # when a wake-up comes at the same moment, and the loop would run on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=_POLL_SECONDS)
+                async with asyncio.timeout(_POLL_SECONDS):
+                    await self._wake.wait()
 
     async def _tick(self) -> None:
         now = time.monotonic()
