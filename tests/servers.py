@@ -81,7 +81,15 @@ def cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.Compl
 def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """An environment for a server on ``data_dir`` (inherits PATH and the test DB URL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEALSERVE_")}
-    env.update({"SEALSERVE_DATA_DIR": str(data_dir), "SEALSERVE_WORKERS": "1"})
+    # One worker and no spare: each extra process costs a second of CPU at every start.
+    # Tests of several workers or of spares ask for them.
+    env.update(
+        {
+            "SEALSERVE_DATA_DIR": str(data_dir),
+            "SEALSERVE_WORKERS": "1",
+            "SEALSERVE_SPARE_WORKERS": "0",
+        }
+    )
     env.update(extra)
     return env
 

@@ -282,6 +282,9 @@ class Supervisor:
             await spare.wait_exit(STOP_TIMEOUT)
             await spare.close()
             return None
+        except asyncio.CancelledError:
+            spare.kill()  # the pool is stopping, and the spare is no longer the spares' to end
+            raise
         return spare
 
     def _changed_now(self) -> None:

@@ -95,9 +95,11 @@ async def kill_a_worker(http: httpx.AsyncClient, server, marks: dict[str, float]
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """`init --demo` and `serve` with two workers (and the default spare); yields (server, token)."""
+    """`init --demo` and `serve` with two workers and a spare (the default); yields (server, token)."""
     data_dir = tmp_path_factory.mktemp("failover")
-    env = server_env(data_dir, SEALSERVE_WORKERS="2", SEALSERVE_LOG_LEVEL="WARNING")
+    env = server_env(
+        data_dir, SEALSERVE_WORKERS="2", SEALSERVE_SPARE_WORKERS="1", SEALSERVE_LOG_LEVEL="WARNING"
+    )
     cli("init", "--demo", env=env)
     running = start_server(env, data_dir / "server.log")
     demo = json.loads((data_dir / "demo-client.json").read_text())
