@@ -63,8 +63,8 @@ class Settings(BaseSettings):
     A local worker that dies is replaced by a spare at once instead of by a
     process started then, which takes a second or more of CPU (several on a
     busy host); a new spare starts in the background. Each holds no model:
-    tens of MiB. A worker that keeps crashing still waits out the restart
-    backoff.
+    about 70 MiB of its own memory. A worker that keeps crashing still waits
+    out the restart backoff.
     """
 
     gateways: int = Field(default=1, ge=1, le=64)

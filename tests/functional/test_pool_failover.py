@@ -37,21 +37,12 @@ def live_workers(metrics: str) -> int:
     )
 
 
-def restarts(metrics: str) -> int:
-    """Worker restarts /metrics reports, over all workers."""
+def total(metrics: str, family: str) -> int:
+    """The sum of ``family``'s samples in /metrics text (over workers or gateways)."""
     return sum(
         int(float(line.rsplit(" ", 1)[1]))
         for line in metrics.splitlines()
-        if line.startswith("sealserve_worker_restarts_total{")
-    )
-
-
-def spares_ready(metrics: str) -> int:
-    """How many started spare workers /metrics reports."""
-    return sum(
-        int(float(line.rsplit(" ", 1)[1]))
-        for line in metrics.splitlines()
-        if line.startswith("sealserve_spare_workers{")
+        if line.startswith(family + "{")
     )
 
 
@@ -71,8 +62,8 @@ async def kill_a_worker(http: httpx.AsyncClient, server, marks: dict[str, float]
     """
     await asyncio.sleep(KILL_AFTER)
     metrics = (await http.get(f"{server.url}/metrics")).text
-    assert spares_ready(metrics) == 1
-    restarted = restarts(metrics)
+    assert total(metrics, "sealserve_spare_workers") == 1
+    restarted = total(metrics, "sealserve_worker_restarts_total")
     serving = worker_pids(server.process.pid, b"/worker-")  # not the spare
     assert len(serving) == 2
     victim = min(serving)
@@ -81,13 +72,18 @@ async def kill_a_worker(http: httpx.AsyncClient, server, marks: dict[str, float]
     while time.monotonic() - killed < 3 * BACK_WITHIN:
         pids = worker_pids(server.process.pid)
         metrics = (await http.get(f"{server.url}/metrics")).text
-        if victim not in pids and live_workers(metrics) == 2 and restarts(metrics) > restarted:
+        if (
+            victim not in pids
+            and live_workers(metrics) == 2
+            and total(metrics, "sealserve_worker_restarts_total") > restarted
+        ):
             marks["back after"] = time.monotonic() - killed
             break
         await asyncio.sleep(0.05)
     # The spare took the slot; a new one is started behind it.
     while time.monotonic() - killed < 6 * BACK_WITHIN:
-        if spares_ready((await http.get(f"{server.url}/metrics")).text) == 1:
+        spares = total((await http.get(f"{server.url}/metrics")).text, "sealserve_spare_workers")
+        if spares == 1:
             marks["spare again after"] = time.monotonic() - killed
             return
         await asyncio.sleep(0.1)
@@ -104,7 +100,11 @@ def served(tmp_path_factory):
     running = start_server(env, data_dir / "server.log")
     demo = json.loads((data_dir / "demo-client.json").read_text())
     # The spare starts after the workers; on a busy machine that takes seconds.
-    wait_for(lambda: spares_ready(httpx.get(f"{running.url}/metrics").text) == 1, 60, "the spare")
+    wait_for(
+        lambda: total(httpx.get(f"{running.url}/metrics").text, "sealserve_spare_workers") == 1,
+        60,
+        "the spare",
+    )
     yield running, token_for(running.url, demo["client_id"], demo["client_secret"])
     running.stop()
 
