@@ -70,6 +70,8 @@ ROW_SHAPES = {"digits": (64,), "cnn": (224, 224, 3)}
 """One input row of each model, without the batch dimension."""
 BATCH_MATCHED = ("cnn",)
 """Models whose ceiling is also measured at the batch sizes the server ran."""
+WARM_UP = 5.0
+"""Seconds of load on each model and protocol before its points are measured."""
 STATUS_SETTLE = 2.0
 """Seconds for the gateways' worker status (refreshed every second) to catch up."""
 GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
@@ -447,12 +449,15 @@ def throughput(setup: Setup, args: argparse.Namespace, rows: list[dict[str, Any]
                 ("cnn", "gRPC v2", grpc_frame("cnn", cnn)),
             ]
         for model, protocol, body in cases:
-            # Warm up first: the first calls load the model on each worker.
+            # Warm up first, at the highest concurrency: the first calls load the model
+            # on each worker, and the first batches of each new size grow its
+            # interpreter's memory (for the CNN, 67 ms and a slow invocation per new
+            # largest batch), so every point then measures the steady state.
             warm = token(server.url, setup.clients["demo"])
             if isinstance(body, Body):
-                wrk(server.url, body, warm, connections=8, seconds=3)
+                wrk(server.url, body, warm, connections=max(CONCURRENCY), seconds=WARM_UP)
             else:
-                h2load(server, body, warm, concurrency=8, seconds=3)
+                h2load(server, body, warm, concurrency=max(CONCURRENCY), seconds=WARM_UP)
             for concurrency in CONCURRENCY:
                 tok = token(server.url, setup.clients["demo"])  # never expires mid-run
                 matched = model in BATCH_MATCHED
