@@ -164,3 +164,6 @@ def test_sigkill_of_a_worker_under_load_fails_no_call(served) -> None:
     assert marks["back after"] < BACK_WITHIN
     assert "spare again after" in marks, "no new spare was started"
     assert "inference worker died" in server.output()
+    # Calls were on their way to the victim when it died, and were sent again:
+    # without this, 0 failed calls could mean the kill missed the traffic.
+    assert "worker failed a call; retrying on another" in server.output()
