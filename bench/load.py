@@ -66,8 +66,8 @@ CACHE = Path.home() / ".cache" / "sealserve-bench"
 CNN_FILE = CACHE / "cnn224.tflite"
 DIGITS_FILE = ROOT / "server" / "demo" / "digits.tflite"
 CONCURRENCY = (1, 8, 64)
-ROW_SHAPES = {"digits": (64,), "cnn": (224, 224, 3)}
-"""One input row of each model, without the batch dimension."""
+MODELS = {"digits": (DIGITS_FILE, (64,)), "cnn": (CNN_FILE, (224, 224, 3))}
+"""Each model's file and one input row (without the batch dimension)."""
 BATCH_MATCHED = ("cnn",)
 """Models whose ceiling is also measured at the batch sizes the server ran."""
 WARM_UP = 5.0
@@ -458,9 +458,9 @@ def throughput(setup: Setup, args: argparse.Namespace, rows: list[dict[str, Any]
                 wrk(server.url, body, warm, connections=max(CONCURRENCY), seconds=WARM_UP)
             else:
                 h2load(server, body, warm, concurrency=max(CONCURRENCY), seconds=WARM_UP)
+            matched = model in BATCH_MATCHED
             for concurrency in CONCURRENCY:
                 tok = token(server.url, setup.clients["demo"])  # never expires mid-run
-                matched = model in BATCH_MATCHED
                 if matched:
                     time.sleep(STATUS_SETTLE)
                     before = batch_totals(server.url, model)
@@ -819,10 +819,11 @@ def measure_batched_ceilings(
         )
         if name not in ceilings or not sizes:
             continue
-        content = (CNN_FILE if name == "cnn" else DIGITS_FILE).read_bytes()
+        path, row = MODELS[name]
+        content = path.read_bytes()
         batched = ceilings[name].setdefault("batched", {})
         for size in sizes:
-            shape = (size, *ROW_SHAPES[name])
+            shape = (size, *row)
             batched[str(size)] = ceiling(content, shape, min(args.seconds, 5), args.workers)
             print(
                 f"ceiling {name} at batch {size}: {batched[str(size)]:.0f} rows/s "
@@ -980,10 +981,10 @@ def measure_ceilings(args: argparse.Namespace, *, with_cnn: bool) -> dict[str, d
     ceilings: dict[str, dict[str, Any]] = {}
     if args.only in ("fairness", "audit"):
         return ceilings
-    models = [("digits", DIGITS_FILE)] + ([("cnn", CNN_FILE)] if with_cnn else [])
-    for name, path in models:
+    for name in ("digits", "cnn") if with_cnn else ("digits",):
+        path, row = MODELS[name]
         content = path.read_bytes()
-        shape = (1, *ROW_SHAPES[name])
+        shape = (1, *row)
         one = ceiling(content, shape, min(args.seconds, 5), 1)
         every = ceiling(content, shape, min(args.seconds, 5), args.workers)
         ceilings[name] = {"one": one, "all": every, "processes": args.workers}
