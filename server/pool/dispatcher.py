@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from server.pool.loopload import LoopLoad
+    from server.pool.messages import Detached
 
 T = TypeVar("T")
 
@@ -72,6 +73,7 @@ async def answered(call: Awaitable[T]) -> T:
 @dataclass(slots=True)
 class _Waiting:
     call: worker_pb2.InferCall
+    detached: Detached
     deadline: float
     future: asyncio.Future[worker_pb2.InferResult]
 
@@ -130,9 +132,16 @@ class Coalescer:
         return len(self._waiting)
 
     async def call(
-        self, call: worker_pb2.InferCall, deadline: float, *, wait_for_company: bool = False
+        self,
+        call: worker_pb2.InferCall,
+        deadline: float,
+        *,
+        detached: Detached | None = None,
+        wait_for_company: bool = False,
     ) -> worker_pb2.InferResult:
         """Send ``call`` (alone or with others) and return its result.
+
+        ``detached``: the bytes of inputs the message leaves out (``call_to_pb``).
 
         ``wait_for_company``: the call arrived in a turn of its own; while the loop
         is busy it waits up to ``busy_delay`` for others to share its trip.
@@ -143,7 +152,7 @@ class Coalescer:
         if len(self._waiting) >= self._max_pending:
             raise Overloaded("too many calls are waiting for the inference workers")
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(call, deadline, loop.create_future())
+        waiting = _Waiting(call, detached or [], deadline, loop.create_future())
         self._waiting.append(waiting)
         if self._rpcs < self._max_rpcs and not self._scheduled:
             # On the next turn of the loop, so calls parsed in this one go together;
@@ -200,8 +209,9 @@ class Coalescer:
         try:
             self._stats.record(len(batch))
             request = worker_pb2.InferRequest(calls=[waiting.call for waiting in batch])
+            detached = [waiting.detached for waiting in batch]
             try:
-                reply = await answered(stub.Infer(request, timeout=timeout))
+                reply = await answered(stub.Infer(request, timeout=timeout, detached=detached))
             except asyncio.CancelledError:
                 _settle_all(batch, WorkerGone())  # shutting down: no answer will come
                 raise

@@ -9,10 +9,20 @@ same protobuf messages, each in one frame, over a second Unix socket in the
 same private directory, many calls in flight on one connection.
 
 A frame is ``length:u32 | id:u64 | kind:u8`` (big-endian) and ``length``
-bytes of payload. Requests are ``kind`` 0 with a serialized ``InferRequest``;
-an answer carries the request's ``id`` and either ``kind`` 0 with a
-serialized ``InferResponse`` or ``kind`` 1 (the worker is draining: try
-another) with no payload. Answers may come back in any order.
+bytes of payload. Requests are ``kind`` 0 with a serialized ``InferRequest``,
+or ``kind`` 2 when inputs of ``DETACHED_BYTES`` or more travel beside the
+message instead of inside it (``server.pool.messages.call_to_pb``):
+
+    proto_length:u32 | InferRequest | count:u32 | count x (call:u32 input:u32 size:u64) | bytes
+
+each entry naming an input the message left empty, whose ``size`` bytes
+follow in the order of the entries. A protobuf message copies its bytes
+fields when built, nested and serialized; a large input sent beside it is
+written from the request body's own memory and read straight into one
+buffer in the worker, whose inputs are views of it. An answer carries the
+request's ``id`` and either ``kind`` 0 with a serialized ``InferResponse`` or
+``kind`` 1 (the worker is draining: try another) with no payload. Answers
+may come back in any order.
 
 The calls' own deadlines travel inside the messages (``timeout_ms``), as
 with gRPC; the gateway also stops waiting at the RPC's deadline. A lost
@@ -28,18 +38,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import structlog
+from google.protobuf.message import DecodeError
 
 from protos import worker_pb2
 from server.pool.dispatcher import WorkerGone
 from server.service.errors import DeadlineExceeded
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from server.pool.messages import Attached, Buffer, Detached
 
 log = structlog.get_logger(__name__)
 
 _HEADER = struct.Struct(">IQB")
+_COUNT = struct.Struct(">I")
+_ENTRY = struct.Struct(">IIQ")
+REQUEST, REQUEST_DETACHED = 0, 2
 ANSWER, DRAINING = 0, 1
+STAGING_BYTES = 256 * 1024
+"""A connection's read buffer; larger frames are read into one of their own."""
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 """Largest payload either side accepts (the gateway's own request limits are smaller)."""
 
@@ -50,38 +68,144 @@ def frames_path(socket_path: str | Path) -> Path:
     return path.with_name(path.name + ".infer")
 
 
-class _Reader(asyncio.Protocol):
-    """Splits a byte stream into frames and hands each to ``on_frame``."""
+class _Reader(asyncio.BufferedProtocol):
+    """Splits a byte stream into frames and hands each to ``on_frame``.
+
+    Reads into a staging buffer, from which small frames are copied out; a
+    frame too large for it gets a buffer of its own that the socket fills
+    directly, so a large payload is copied once (by the kernel) on the way in.
+    """
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self._staging = bytearray(STAGING_BYTES)
+        self._view = memoryview(self._staging)
+        self._start = 0
+        """Where the first unparsed byte of ``_staging`` is."""
+        self._end = 0
+        """Where the bytes read into ``_staging`` end."""
+        self._large: bytearray | None = None
+        """The payload being read into a buffer of its own, when there is one."""
+        self._filled = 0
+        self._large_head = (0, 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)  # a stream socket's
 
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        size = _HEADER.size
-        start = 0
-        while len(buffer) - start >= size:
-            length, ident, kind = _HEADER.unpack_from(buffer, start)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        del sizehint
+        if self._large is not None:
+            return memoryview(self._large)[self._filled :]
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._large is not None:
+            self._filled += nbytes
+            if self._filled == len(self._large):
+                payload, self._large = self._large, None
+                self.on_frame(*self._large_head, payload)
+            return
+        self._end += nbytes
+        self._split()
+
+    def _split(self) -> None:
+        staging, size = self._staging, _HEADER.size
+        start, end = self._start, self._end
+        while end - start >= size:
+            length, ident, kind = _HEADER.unpack_from(staging, start)
             if length > MAX_FRAME_BYTES:
                 log.warning("frame too large; closing the connection", bytes=length)
                 if self.transport is not None:
                     self.transport.abort()
+                self._start = self._end = 0
                 return
-            end = start + size + length
-            if len(buffer) < end:
-                break
-            self.on_frame(ident, kind, bytes(buffer[start + size : end]))
-            start = end
-        if start:
-            del buffer[:start]
+            stop = start + size + length
+            if stop <= end:
+                self._start = start = stop
+                self.on_frame(ident, kind, bytes(self._view[stop - length : stop]))
+                continue
+            if size + length > len(staging):  # read the rest straight into its own buffer
+                large = bytearray(length)
+                have = end - start - size
+                large[:have] = self._view[start + size : end]
+                self._large, self._filled, self._large_head = large, have, (ident, kind)
+                start = end
+            break
+        if start == end:
+            self._start = self._end = 0
+        elif start:  # keep the partial frame at the front, with room after it
+            self._staging[: end - start] = bytes(self._view[start:end])
+            self._start, self._end = 0, end - start
 
-    def on_frame(self, ident: int, kind: int, payload: bytes) -> None:
+    def on_frame(self, ident: int, kind: int, payload: bytes | bytearray) -> None:
         raise NotImplementedError
+
+
+def encode_request(
+    ident: int, request: worker_pb2.InferRequest, detached: Sequence[Detached]
+) -> list[Buffer]:
+    """A request's frame, as the pieces to write: no detached bytes are copied."""
+    message = request.SerializeToString()
+    table = [
+        _ENTRY.pack(call, position, len(raw))
+        for call, inputs in enumerate(detached)
+        for position, raw in inputs
+    ]
+    if not table:
+        return [_HEADER.pack(len(message), ident, REQUEST) + message]
+    head = b"".join((_COUNT.pack(len(message)), message, _COUNT.pack(len(table)), *table))
+    size = len(head) + sum(len(raw) for inputs in detached for _, raw in inputs)
+    pieces: list[Buffer] = [_HEADER.pack(size, ident, REQUEST_DETACHED) + head]
+    pieces += [raw for inputs in detached for _, raw in inputs]
+    return pieces
+
+
+def decode_request(
+    kind: int, payload: bytes | bytearray
+) -> tuple[worker_pb2.InferRequest, Attached]:
+    """A request frame's message and the inputs sent beside it ((call, input) -> bytes).
+
+    Raises ``ValueError`` for a frame that breaks the format, checked before
+    anything is handed on (the server then closes the connection: only its
+    own gateway talks on this socket).
+    """
+    if kind == REQUEST:
+        return worker_pb2.InferRequest.FromString(payload), {}
+    if kind != REQUEST_DETACHED:
+        raise ValueError(f"unknown request frame kind {kind}")
+    view = memoryview(payload)
+    if len(view) < _COUNT.size:
+        raise ValueError("detached request frame is truncated")
+    (length,) = _COUNT.unpack_from(view, 0)
+    offset = _COUNT.size + length
+    if offset + _COUNT.size > len(view):
+        raise ValueError("detached request frame is truncated")
+    try:
+        request = worker_pb2.InferRequest.FromString(view[_COUNT.size : offset])
+    except DecodeError:
+        raise ValueError("detached request frame holds no InferRequest") from None
+    (count,) = _COUNT.unpack_from(view, offset)
+    offset += _COUNT.size
+    data = offset + count * _ENTRY.size
+    if data > len(view):
+        raise ValueError("detached request frame is truncated")
+    attached: Attached = {}
+    for _ in range(count):
+        call, position, size = _ENTRY.unpack_from(view, offset)
+        offset += _ENTRY.size
+        if (
+            call >= len(request.calls)
+            or position >= len(request.calls[call].inputs)
+            or request.calls[call].inputs[position].data
+            or (call, position) in attached
+            or data + size > len(view)
+        ):
+            raise ValueError("detached input table does not match the message")
+        attached[call, position] = view[data : data + size]
+        data += size
+    if data != len(view):
+        raise ValueError("detached inputs do not fill the frame")
+    return request, attached
 
 
 # --- worker side ------------------------------------------------------------------
@@ -90,9 +214,8 @@ class _ServerConnection(_Reader):
         super().__init__()
         self._server = server
 
-    def on_frame(self, ident: int, kind: int, payload: bytes) -> None:
-        del kind  # requests have one kind
-        self._server.started(self, ident, payload)
+    def on_frame(self, ident: int, kind: int, payload: bytes | bytearray) -> None:
+        self._server.started(self, ident, kind, payload)
 
     def send(self, ident: int, kind: int, payload: bytes) -> None:
         transport = self.transport
@@ -110,9 +233,9 @@ class FrameServer:
 
     def __init__(
         self,
-        handler: Callable[[worker_pb2.InferRequest], Awaitable[worker_pb2.InferResponse]],
+        handler: Callable[[worker_pb2.InferRequest, Attached], Awaitable[worker_pb2.InferResponse]],
         *,
-        answer_now: Callable[[worker_pb2.InferRequest], worker_pb2.InferResponse | None]
+        answer_now: Callable[[worker_pb2.InferRequest, Attached], worker_pb2.InferResponse | None]
         | None = None,
     ) -> None:
         self._handler = handler
@@ -134,31 +257,39 @@ class FrameServer:
 
         self._server = await asyncio.get_running_loop().create_unix_server(connection, str(path))
 
-    def started(self, connection: _ServerConnection, ident: int, payload: bytes) -> None:
+    def started(
+        self, connection: _ServerConnection, ident: int, kind: int, payload: bytes | bytearray
+    ) -> None:
         """A request frame arrived: answer it now, or in its own task (refuse it when draining)."""
         if self._draining:
             connection.send(ident, DRAINING, b"")
             return
         try:
-            request = worker_pb2.InferRequest.FromString(payload)
+            request, attached = decode_request(kind, payload)
         except Exception:  # noqa: BLE001 - a peer speaking nonsense loses its connection
             log.warning("undecodable inference frame; closing the connection")
             if connection.transport is not None:
                 connection.transport.abort()
             return
         if self._answer_now is not None:
-            reply = self._answer_now(request)
+            reply = self._answer_now(request, attached)
             if reply is not None:
                 connection.send(ident, ANSWER, reply.SerializeToString())
                 return
-        task = asyncio.get_running_loop().create_task(self._answer(connection, ident, request))
+        task = asyncio.get_running_loop().create_task(
+            self._answer(connection, ident, request, attached)
+        )
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
     async def _answer(
-        self, connection: _ServerConnection, ident: int, request: worker_pb2.InferRequest
+        self,
+        connection: _ServerConnection,
+        ident: int,
+        request: worker_pb2.InferRequest,
+        attached: Attached,
     ) -> None:
-        reply = await self._handler(request)
+        reply = await self._handler(request, attached)
         connection.send(ident, ANSWER, reply.SerializeToString())
 
     async def stop(self, grace: float) -> None:
@@ -179,7 +310,7 @@ class _ClientConnection(_Reader):
         super().__init__()
         self._channel = channel
 
-    def on_frame(self, ident: int, kind: int, payload: bytes) -> None:
+    def on_frame(self, ident: int, kind: int, payload: bytes | bytearray) -> None:
         self._channel.answered(ident, kind, payload)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -203,9 +334,15 @@ class FrameChannel:
         self._closed = False
 
     async def Infer(  # noqa: N802 - the worker method's name, as on the gRPC stub
-        self, request: worker_pb2.InferRequest, timeout: float
+        self,
+        request: worker_pb2.InferRequest,
+        timeout: float,
+        detached: Sequence[Detached] = (),
     ) -> worker_pb2.InferResponse:
         """Send ``request`` and wait for its answer, at most ``timeout`` seconds.
+
+        ``detached[i]``: the bytes of call ``i``'s inputs that its message left
+        out, sent beside it.
 
         Raises ``WorkerGone`` when the connection fails or the worker is
         draining, ``DeadlineExceeded`` when no answer came in time.
@@ -219,8 +356,11 @@ class FrameChannel:
         ident = self._next_id
         future: asyncio.Future[worker_pb2.InferResponse] = loop.create_future()
         self._pending[ident] = future
-        payload = request.SerializeToString()
-        transport.write(_HEADER.pack(len(payload), ident, 0) + payload)
+        pieces = encode_request(ident, request, detached)
+        if len(pieces) == 1:
+            transport.write(pieces[0])
+        else:
+            transport.writelines(pieces)
         timer = loop.call_later(timeout, _expire, future)
         try:
             return await future
@@ -250,7 +390,7 @@ class FrameChannel:
         self._connection = protocol
         return protocol
 
-    def answered(self, ident: int, kind: int, payload: bytes) -> None:
+    def answered(self, ident: int, kind: int, payload: bytes | bytearray) -> None:
         """An answer frame arrived: settle the call it belongs to."""
         future = self._pending.get(ident)
         if future is None or future.done():

@@ -36,7 +36,7 @@ from server.pool.errors import (
     service_error,
 )
 from server.pool.loopload import LoopLoad
-from server.pool.messages import key_to_pb, tensor_from_pb, tensor_to_pb
+from server.pool.messages import call_to_pb, key_to_pb, tensor_from_pb
 from server.pool.process import WorkerProcess, settings_for_worker
 from server.pool.remote import RemoteWorker
 from server.pool.status import WorkerState
@@ -190,17 +190,12 @@ class WorkerPool:
         Raises the service layer's errors (see ``server.pool.errors``);
         ``WorkerCrashed`` when the worker died and the one retry failed too.
         """
-        call = worker_pb2.InferCall(
-            model=key_to_pb(key),
-            inputs=[tensor_to_pb(tensor) for tensor in inputs],
-            outputs=outputs,
-            request_id=request_id or "",
-        )
+        call, detached = call_to_pb(key, inputs, outputs, request_id or "")
         loop = asyncio.get_running_loop()
 
         async def send(slot: Slot, left: float) -> worker_pb2.InferResult:
             return await slot.coalescer.call(
-                call, loop.time() + left, wait_for_company=wait_for_company
+                call, loop.time() + left, detached=detached, wait_for_company=wait_for_company
             )
 
         slot, result = await self._dispatch(key, timeout, send, request_id=request_id)

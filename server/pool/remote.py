@@ -36,11 +36,17 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from protos import worker_pb2_grpc
+from server.pool.messages import attach
 from server.pool.process import WorkerStartError, ping_until_ready
 from server.pool.worker import GRPC_OPTIONS
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
+    from typing import Any
+
+    from protos import worker_pb2
+    from server.pool.messages import Detached
 
 log = structlog.get_logger(__name__)
 REMOTE_CHANNEL_OPTIONS = [
@@ -54,6 +60,24 @@ REMOTE_CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
+
+
+class GrpcInference:
+    """A remote worker's ``Infer`` in the shape the coalescer sends through.
+
+    The framed hop (``FrameChannel``) sends large inputs beside the message;
+    over gRPC they go back into it.
+    """
+
+    def __init__(self, stub: worker_pb2_grpc.WorkerStub) -> None:
+        self._stub = stub
+
+    def Infer(  # noqa: N802 - the worker method's name, as on the gRPC stub
+        self, request: worker_pb2.InferRequest, timeout: float, detached: Sequence[Detached]
+    ) -> Any:
+        """The stub's call (awaitable), with the detached bytes put back in ``request``."""
+        attach(request, detached)
+        return self._stub.Infer(request, timeout=timeout)
 
 
 class TlsFilesError(Exception):
@@ -205,9 +229,9 @@ class RemoteWorker:
         self.instance_id: str | None = None
 
     @property
-    def inference(self) -> worker_pb2_grpc.WorkerStub | None:
-        """What calls go through: the gRPC stub."""
-        return self.stub
+    def inference(self) -> GrpcInference | None:
+        """What calls go through: the gRPC stub's ``Infer``."""
+        return None if self.stub is None else GrpcInference(self.stub)
 
     def spawn(self, settings_line: bytes) -> None:
         """Open the channel with the TLS files as they are now.

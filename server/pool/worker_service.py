@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from server.pool.cache import ModelCache
+    from server.pool.messages import Attached
     from server.pool.runtime import LoadedModel
     from server.service.types import ModelKey, Tensor
     from server.settings import Settings
@@ -166,20 +167,29 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
             return answered
         return await self.infer_queued(request)
 
-    async def infer_queued(self, request: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+    async def infer_queued(
+        self, request: worker_pb2.InferRequest, attached: Attached | None = None
+    ) -> worker_pb2.InferResponse:
         """Every call through its model's queue: ``infer`` once ``answer_now`` declined.
 
         The frame server tries ``answer_now`` itself and hands what it declines
-        here, so a frame is never looked over twice.
+        here, so a frame is never looked over twice. ``attached``: inputs sent
+        beside the message, by (call position, input position).
         """
         received = time.monotonic()
-        if len(request.calls) == 1:
-            results = [await self._call(request.calls[0], received)]
+        attached = attached or {}
+        calls = request.calls
+        if len(calls) == 1:
+            results = [await self._call(calls[0], received, 0, attached)]
         else:
-            results = await asyncio.gather(*(self._call(call, received) for call in request.calls))
+            results = await asyncio.gather(
+                *(self._call(call, received, at, attached) for at, call in enumerate(calls))
+            )
         return worker_pb2.InferResponse(results=results)
 
-    def answer_now(self, request: worker_pb2.InferRequest) -> worker_pb2.InferResponse | None:
+    def answer_now(
+        self, request: worker_pb2.InferRequest, attached: Attached | None = None
+    ) -> worker_pb2.InferResponse | None:
         """The answer, run at once, if every call's model is loaded and ready now.
 
         The common case under load (a warm, quick model) without a task or
@@ -197,7 +207,11 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
             for position in positions:
                 call = calls[position]
                 try:
-                    work.append(([tensor_from_pb(t) for t in call.inputs], list(call.outputs)))
+                    inputs = [
+                        tensor_from_pb(t, attached.get((position, i)) if attached else None)
+                        for i, t in enumerate(call.inputs)
+                    ]
+                    work.append((inputs, list(call.outputs)))
                 except InvalidRequest as exc:
                     results[position] = _failed(CallFailed(INVALID_INPUT, exc.message))
                     continue
@@ -242,13 +256,22 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
             return _internal()
         return worker_pb2.InferResult(outputs=[tensor_to_pb(tensor) for tensor in outcome])
 
-    async def _call(self, call: worker_pb2.InferCall, received: float) -> worker_pb2.InferResult:
+    async def _call(
+        self,
+        call: worker_pb2.InferCall,
+        received: float,
+        position: int,
+        attached: Attached,
+    ) -> worker_pb2.InferResult:
         deadline = received + call.timeout_ms / 1000 if call.timeout_ms else None
         self._in_flight += 1
         try:
             try:
                 key = key_from_pb(call.model)
-                inputs = [tensor_from_pb(tensor) for tensor in call.inputs]
+                inputs = [
+                    tensor_from_pb(tensor, attached.get((position, i)))
+                    for i, tensor in enumerate(call.inputs)
+                ]
             except InvalidRequest as exc:
                 raise CallFailed(INVALID_INPUT, exc.message) from None
             model = await self._model(key, deadline)

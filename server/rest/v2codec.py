@@ -104,7 +104,8 @@ def _bytes_array(data: Any, shape: tuple[int, ...] | None, *, name: str) -> npt.
 
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     """Decode an infer request body (JSON, or JSON + binary tensors)."""
-    binary = b""
+    # Views, not slices: the tensors' bytes stay where the body has them.
+    header, binary = memoryview(body), memoryview(b"")
     if header_length is not None:
         try:
             length = int(header_length)
@@ -112,9 +113,9 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
             raise InvalidRequest("Inference-Header-Content-Length must be an integer") from None
         if not 0 < length <= len(body):
             raise InvalidRequest("Inference-Header-Content-Length is larger than the body")
-        body, binary = body[:length], body[length:]
+        header, binary = header[:length], header[length:]
     try:
-        document = orjson.loads(body)
+        document = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     document = _object(document, "request body")

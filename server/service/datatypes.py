@@ -54,6 +54,15 @@ def element_count(shape: tuple[int, ...] | list[int]) -> int:
 
 def to_raw(array: npt.NDArray[Any], datatype: str) -> bytes:
     """Serialise ``array`` as raw protocol bytes."""
+    return bytes(raw_view(array, datatype))
+
+
+def raw_view(array: npt.NDArray[Any], datatype: str) -> bytes | memoryview:
+    """``array``'s raw protocol bytes, a view of its memory when it already has that layout.
+
+    A contiguous little-endian array (what a parsed binary body or a model's
+    output is) is not copied; anything else, and ``BYTES``, is serialised.
+    """
     if datatype == "BYTES":
         parts = []
         for item in array.reshape(-1):
@@ -61,10 +70,13 @@ def to_raw(array: npt.NDArray[Any], datatype: str) -> bytes:
             parts.append(_LENGTH.pack(len(value)))
             parts.append(value)
         return b"".join(parts)
-    return np.ascontiguousarray(array, dtype=numpy_dtype(datatype)).tobytes()
+    contiguous = np.ascontiguousarray(array, dtype=numpy_dtype(datatype))
+    return contiguous.data.cast("B") if contiguous.size else b""
 
 
-def from_raw(data: bytes, datatype: str, shape: tuple[int, ...], *, name: str) -> npt.NDArray[Any]:
+def from_raw(
+    data: bytes | bytearray | memoryview, datatype: str, shape: tuple[int, ...], *, name: str
+) -> npt.NDArray[Any]:
     """Parse raw protocol bytes into an array of ``shape``; sizes must add up exactly."""
     count = element_count(shape)
     if datatype == "BYTES":

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from protos import worker_pb2, worker_pb2_grpc
+from server.pool.messages import DETACHED_BYTES
 from tests.digits import digits_test_split, in_process_probabilities
 from tests.functional.conftest import token_for
 from tests.servers import SEALSERVE, cli, free_port, server_env, start_server, wait_for
@@ -149,6 +150,10 @@ def test_calls_are_answered_by_the_remote_worker(remote) -> None:
     np.testing.assert_allclose(
         probabilities(infer(gateway.url, token, x[16:17])), expected[16:17], atol=1e-5
     )
+    # 450 rows (115 KB) is past the size the local hop sends beside the message;
+    # over gRPC those bytes go back into it.
+    assert x.nbytes >= DETACHED_BYTES
+    np.testing.assert_allclose(probabilities(infer(gateway.url, token, x)), expected, atol=1e-5)
     assert local_workers_of(gateway.process.pid) == []
 
     def up() -> list[str]:

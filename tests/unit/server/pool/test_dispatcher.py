@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -11,6 +11,11 @@ from protos import worker_pb2
 from server.pool.dispatcher import Coalescer, RpcStats, WorkerGone
 from server.pool.loopload import LoopLoad
 from server.service.errors import DeadlineExceeded, Overloaded
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from server.pool.messages import Detached
 
 
 class Stub:
@@ -21,10 +26,11 @@ class Stub:
         self.release = asyncio.Event()
 
     async def Infer(  # noqa: N802 - the gRPC method name
-        self, request: worker_pb2.InferRequest, timeout: float
+        self, request: worker_pb2.InferRequest, timeout: float, detached: Sequence[Detached]
     ) -> worker_pb2.InferResponse:
         """Record the calls, wait for the test, echo each request id as an output name."""
         assert timeout > 0
+        assert len(detached) == len(request.calls)  # one list per call, in order
         self.requests.append([call.request_id for call in request.calls])
         await self.release.wait()
         return worker_pb2.InferResponse(

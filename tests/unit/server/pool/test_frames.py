@@ -10,15 +10,27 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 
 from protos import worker_pb2
 from server.pool.dispatcher import WorkerGone
-from server.pool.frames import MAX_FRAME_BYTES, FrameChannel, FrameServer, frames_path
+from server.pool.frames import (
+    MAX_FRAME_BYTES,
+    REQUEST_DETACHED,
+    STAGING_BYTES,
+    FrameChannel,
+    FrameServer,
+    decode_request,
+    encode_request,
+    frames_path,
+)
 from server.service.errors import DeadlineExceeded
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from server.pool.messages import Attached
 
 HEADER = struct.Struct(">IQB")
 GUARD = 5.0
@@ -53,7 +65,7 @@ def name_of(reply: worker_pb2.InferResponse) -> str:
     return reply.results[0].outputs[0].name
 
 
-async def echo(req: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+async def echo(req: worker_pb2.InferRequest, attached: Attached) -> worker_pb2.InferResponse:
     """Answer at once."""
     return answer(req)
 
@@ -67,8 +79,11 @@ class Gate:
         self.answered: list[str] = []
         self._progress = asyncio.Event()
 
-    async def __call__(self, req: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+    async def __call__(
+        self, req: worker_pb2.InferRequest, attached: Attached
+    ) -> worker_pb2.InferResponse:
         """Record the call, wait for the gate, echo it."""
+        assert attached == {}
         self.arrived.append(req.calls[0].request_id)
         self._progress.set()
         await self.open.wait()
@@ -101,7 +116,7 @@ def test_concurrent_calls_each_get_their_own_answer_out_of_order(socket_path: Pa
     turns = [asyncio.Event() for _ in range(count)]
     arrived = 0
 
-    async def reverse(req: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+    async def reverse(req: worker_pb2.InferRequest, attached: Attached) -> worker_pb2.InferResponse:
         # Once all have arrived, the last call sent answers first, then each the one before.
         nonlocal arrived
         index = int(req.calls[0].request_id)
@@ -137,10 +152,12 @@ def test_answer_now_serves_what_it_can_and_the_handler_the_rest(socket_path: Pat
     """Requests ``answer_now`` answers never reach the handler; those it declines do."""
     handled: list[str] = []
 
-    def on_the_spot(req: worker_pb2.InferRequest) -> worker_pb2.InferResponse | None:
+    def on_the_spot(
+        req: worker_pb2.InferRequest, attached: Attached
+    ) -> worker_pb2.InferResponse | None:
         return answer(req) if req.calls[0].request_id.startswith("now") else None
 
-    async def queued(req: worker_pb2.InferRequest) -> worker_pb2.InferResponse:
+    async def queued(req: worker_pb2.InferRequest, attached: Attached) -> worker_pb2.InferResponse:
         handled.append(req.calls[0].request_id)
         await asyncio.sleep(0)
         return answer(req)
@@ -530,3 +547,127 @@ def test_concurrent_first_calls_share_one_connection(socket_path: Path) -> None:
         return connections
 
     assert asyncio.run(scenario()) == 1
+
+
+def detached_request(*names: str) -> worker_pb2.InferRequest:
+    """Calls with one input each, its bytes left out of the message (as ``call_to_pb`` does)."""
+    return worker_pb2.InferRequest(
+        calls=[
+            worker_pb2.InferCall(request_id=name, inputs=[worker_pb2.Tensor(name="x")])
+            for name in names
+        ]
+    )
+
+
+def test_large_inputs_arrive_beside_the_message_intact(socket_path: Path) -> None:
+    """Inputs sent beside the message reach the handler byte for byte, among small frames.
+
+    One input fits the connection's staging buffer, the other (with the frame
+    around it) does not and is read into a buffer of its own.
+    """
+    rng = np.random.default_rng(0)
+    fits = rng.bytes(STAGING_BYTES // 2)
+    larger = rng.bytes(STAGING_BYTES + 12345)
+    seen: dict[str, bytes] = {}
+
+    async def record(req: worker_pb2.InferRequest, attached: Attached) -> worker_pb2.InferResponse:
+        for (call, position), raw in attached.items():
+            assert req.calls[call].inputs[position].data == b""
+            seen[req.calls[call].request_id] = bytes(raw)
+        return answer(req)
+
+    async def scenario() -> list[str]:
+        server = FrameServer(record)
+        await server.start(socket_path)
+        channel = FrameChannel(socket_path)
+        try:
+            calls = [
+                channel.Infer(request("small-1"), timeout=GUARD),
+                channel.Infer(
+                    detached_request("fits", "larger"),
+                    timeout=GUARD,
+                    detached=[[(0, fits)], [(0, memoryview(larger))]],
+                ),
+                channel.Infer(request("small-2"), timeout=GUARD),
+            ]
+            replies = await asyncio.wait_for(asyncio.gather(*calls), GUARD)
+            return [r.results[i].outputs[0].name for r in replies for i in range(len(r.results))]
+        finally:
+            channel.close()
+            await server.stop(0)
+
+    assert asyncio.run(scenario()) == ["small-1", "fits", "larger", "small-2"]
+    assert seen == {"fits": fits, "larger": larger}
+
+
+def _tampered(change: str) -> bytes:
+    """A detached-request payload broken in one way."""
+    request = detached_request("a")
+    pieces = encode_request(1, request, [[(0, b"x" * 8)]])
+    payload = b"".join(bytes(piece) for piece in pieces)[HEADER.size :]
+    if change == "unknown input":
+        return payload.replace(struct.pack(">IIQ", 0, 0, 8), struct.pack(">IIQ", 0, 5, 8))
+    if change == "unknown call":
+        return payload.replace(struct.pack(">IIQ", 0, 0, 8), struct.pack(">IIQ", 3, 0, 8))
+    if change == "overruns":
+        return payload.replace(struct.pack(">IIQ", 0, 0, 8), struct.pack(">IIQ", 0, 0, 9))
+    if change == "leftover":
+        return payload + b"!"
+    if change == "truncated":
+        return payload[:6]
+    request.calls[0].inputs[0].data = b"inline"  # the message carries it as well
+    message = request.SerializeToString()
+    return (
+        b"".join(
+            (struct.pack(">I", len(message)), message, struct.pack(">I", 1)),
+        )
+        + struct.pack(">IIQ", 0, 0, 8)
+        + b"x" * 8
+    )
+
+
+@pytest.mark.parametrize(
+    "change", ["unknown input", "unknown call", "overruns", "leftover", "truncated", "inline too"]
+)
+def test_a_detached_table_that_does_not_match_is_refused(change: str) -> None:
+    """Every way the table can disagree with the message or the frame raises; none is half-read."""
+    with pytest.raises(ValueError, match="detached"):
+        decode_request(REQUEST_DETACHED, _tampered(change))
+
+
+def test_a_well_formed_detached_request_decodes_to_views() -> None:
+    """The untampered frame decodes: the input's bytes are a view into the payload."""
+    pieces = encode_request(1, detached_request("a"), [[(0, b"x" * 8)]])
+    payload = bytearray(b"".join(bytes(piece) for piece in pieces)[HEADER.size :])
+    request, attached = decode_request(REQUEST_DETACHED, payload)
+    assert request.calls[0].request_id == "a"
+    assert bytes(attached[0, 0]) == b"x" * 8
+    assert isinstance(attached[0, 0], memoryview)
+
+
+def test_a_mismatched_detached_table_costs_the_peer_its_connection(socket_path: Path) -> None:
+    """Over the socket, such a frame reaches no handler and the server hangs up."""
+    called: list[str] = []
+
+    async def handler(req: worker_pb2.InferRequest, attached: Attached) -> worker_pb2.InferResponse:
+        called.append(req.calls[0].request_id)
+        return answer(req)
+
+    async def scenario() -> bytes | None:
+        server = FrameServer(handler)
+        await server.start(socket_path)
+        loop = asyncio.get_running_loop()
+        payload = _tampered("unknown input")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, str(socket_path))
+            await loop.sock_sendall(sock, HEADER.pack(len(payload), 7, REQUEST_DETACHED) + payload)
+            try:
+                received: bytes | None = await asyncio.wait_for(loop.sock_recv(sock, 1024), GUARD)
+            except ConnectionResetError:
+                received = None
+        await server.stop(0)
+        return received
+
+    assert asyncio.run(scenario()) in (b"", None)
+    assert called == []

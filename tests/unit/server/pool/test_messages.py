@@ -7,6 +7,9 @@ import pytest
 
 from protos import worker_pb2
 from server.pool.messages import (
+    DETACHED_BYTES,
+    attach,
+    call_to_pb,
     datatype_from_pb,
     datatype_to_pb,
     key_from_pb,
@@ -19,6 +22,7 @@ from server.service.errors import InvalidRequest
 from server.service.types import ModelKey, Tensor
 
 FIXED = [name for name in NUMPY_DTYPES if name != "BYTES"]
+KEY = ModelKey(tenant_id="t1", version_id="v1")
 
 
 def _sample(datatype: str) -> np.ndarray:
@@ -143,3 +147,46 @@ def test_model_key_needs_both_ids(message: worker_pb2.ModelKey) -> None:
     """A key without its tenant or its version is refused, never guessed."""
     with pytest.raises(InvalidRequest, match="tenant id and a model version id"):
         key_from_pb(message)
+
+
+def test_large_inputs_leave_the_message_as_views_and_small_ones_stay_in() -> None:
+    """``call_to_pb``: an input of DETACHED_BYTES or more is left out, uncopied; ``attach`` restores it."""
+    big = np.random.default_rng(1).standard_normal((DETACHED_BYTES // 4 + 1,)).astype("<f4")
+    small = np.arange(6, dtype="<i4").reshape(2, 3)
+    inputs = [Tensor("small", "INT32", (2, 3), small), Tensor("big", "FP32", big.shape, big)]
+    call, detached = call_to_pb(KEY, inputs, ["out"], "req-1")
+
+    assert [position for position, _ in detached] == [1]
+    ((_, raw),) = detached
+    assert np.shares_memory(np.frombuffer(raw, dtype="<f4"), big)  # a view, not a copy
+    assert call.inputs[1].data == b""
+    assert list(call.inputs[1].shape) == [big.size]
+    assert call.inputs[0].data == small.tobytes()
+    assert list(call.outputs) == ["out"] and call.request_id == "req-1"
+
+    # Over gRPC the bytes go back in: the worker then sees an ordinary message.
+    request = worker_pb2.InferRequest(calls=[call])
+    attach(request, [detached])
+    restored = [tensor_from_pb(tensor) for tensor in request.calls[0].inputs]
+    np.testing.assert_array_equal(restored[0].data, small)
+    np.testing.assert_array_equal(restored[1].data, big)
+    assert call.inputs[1].data == b""  # the caller's call is untouched, for a retry elsewhere
+
+    # Through the frames it arrives beside the message: the same tensor.
+    beside = tensor_from_pb(call.inputs[1], raw)
+    np.testing.assert_array_equal(beside.data, big)
+
+
+def test_a_non_contiguous_or_big_endian_input_is_serialised_not_viewed() -> None:
+    """Inputs not already in the protocol's layout are converted to it before they leave."""
+    grid = np.arange(2 * DETACHED_BYTES, dtype="<f4").reshape(2, -1)[:, ::2]
+    swapped = np.arange(DETACHED_BYTES, dtype=">f4")
+    _, detached = call_to_pb(
+        KEY,
+        [Tensor("a", "FP32", grid.shape, grid), Tensor("b", "FP32", swapped.shape, swapped)],
+        [],
+        "",
+    )
+    (_, first), (_, second) = detached
+    np.testing.assert_array_equal(np.frombuffer(first, "<f4").reshape(grid.shape), grid)
+    np.testing.assert_array_equal(np.frombuffer(second, "<f4"), swapped)
