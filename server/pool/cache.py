@@ -64,6 +64,8 @@ class ModelCache:
         """Called with the key of every model dropped (evicted or unloaded)."""
         self._models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()
         self._loading: dict[ModelKey, asyncio.Task[LoadedModel]] = {}
+        self._waiting: dict[asyncio.Task[LoadedModel], int] = {}
+        """Callers of ``acquire`` waiting on each load, held for when it adds its model."""
         self._reserved = 0
         self._idle: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="sealserve-load")
@@ -104,13 +106,48 @@ class ModelCache:
         model = self._models.get(key)
         if model is not None:
             return model, False
-        task = self._loading.get(key)
-        started = task is None
-        if task is None:
-            task = asyncio.create_task(self._load(key))
-            self._loading[key] = task
-            task.add_done_callback(lambda done: self._load_done(key, done))
+        task, started = self._load_task(key)
         return await asyncio.shield(task), started
+
+    async def acquire(self, key: ModelKey) -> LoadedModel:
+        """Like ``get``, but the model comes held for the caller, who must ``release`` it.
+
+        A model loaded while callers wait is held for each of them as it is
+        added, not when they resume a few turns of the loop later: in between,
+        another load making room could otherwise evict it, and the caller would
+        run a model the budget no longer counts.
+        """
+        model = self.loaded(key)
+        if model is not None:
+            self.hold(model)
+            return model
+        task, _ = self._load_task(key)
+        self._waiting[task] = self._waiting.get(task, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                self.release(task.result())  # added, and held for this caller meanwhile
+            else:
+                self._stop_waiting(task)
+            raise
+
+    def _load_task(self, key: ModelKey) -> tuple[asyncio.Task[LoadedModel], bool]:
+        """The load of ``key`` in progress, or a new one (True)."""
+        task = self._loading.get(key)
+        if task is not None:
+            return task, False
+        task = asyncio.create_task(self._load(key))
+        self._loading[key] = task
+        task.add_done_callback(lambda done: self._load_done(key, done))
+        return task, True
+
+    def _stop_waiting(self, task: asyncio.Task[LoadedModel]) -> None:
+        left = self._waiting.get(task, 0) - 1
+        if left > 0:
+            self._waiting[task] = left
+        else:
+            self._waiting.pop(task, None)
 
     def unload(self, key: ModelKey) -> bool:
         """Forget a model; calls already running on it finish first. True if it was loaded."""
@@ -146,6 +183,9 @@ class ModelCache:
         model.batching = batching
         await self._make_room(model.bytes_used, key)
         self._models[key] = model
+        task = asyncio.current_task()
+        if task is not None:  # hold it for the callers waiting on this load (``acquire``)
+            model.in_flight += self._waiting.pop(task, 0)
         return model
 
     async def _make_room(self, size: int, key: ModelKey) -> None:

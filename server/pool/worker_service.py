@@ -274,8 +274,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
                 ]
             except InvalidRequest as exc:
                 raise CallFailed(INVALID_INPUT, exc.message) from None
-            model = await self._model(key, deadline)
-            self._cache.hold(model)
+            model = await self._model(key, deadline)  # held: released below
             try:
                 outputs = await self._batcher(key, model).submit(
                     inputs, list(call.outputs), deadline=deadline
@@ -292,15 +291,19 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
             self._in_flight -= 1
 
     async def _model(self, key: ModelKey, deadline: float | None) -> LoadedModel:
-        """The loaded model, within the call's budget (a load that outlives it carries on)."""
+        """The loaded model, held for the call, within its budget; the caller releases it.
+
+        A load that outlives the budget carries on for later calls.
+        """
         loaded = self._cache.loaded(key)
         if loaded is not None:
+            self._cache.hold(loaded)
             return loaded
         budget = None if deadline is None else deadline - time.monotonic()
         if budget is not None and budget <= 0:
             raise CallFailed(DEADLINE_EXCEEDED, "the call's time ran out before it ran")
         try:
-            model, _ = await asyncio.wait_for(self._cache.get(key), budget)
+            model = await asyncio.wait_for(self._cache.acquire(key), budget)
         except TimeoutError:
             msg = "the call's time ran out loading the model"
             raise CallFailed(DEADLINE_EXCEEDED, msg) from None

@@ -207,3 +207,74 @@ class LoadedModelSize:
         from server.pool.runtime import LoadedModel
 
         return LoadedModel.load(content).bytes_used
+
+
+def test_a_model_loaded_for_waiting_callers_is_held_for_them_as_it_is_added() -> None:
+    """``acquire``: no other load can evict the model between its arrival and its caller's turn.
+
+    The caller resumes a few turns of the loop after the load adds the model;
+    the hold is taken when it is added, so a load needing its room waits.
+    """
+    size = LoadedModelSize.of(CONTENT)
+    cache = ModelCache(open_model=Opener(), budget_bytes=size + 100)
+    a, b = _keys(2)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(cache.acquire(a))
+        while a not in cache:  # noqa: ASYNC110 - it must see the very turn a is added
+            await asyncio.sleep(0)
+        added = cache.loaded(a)
+        assert added is not None
+        assert added.in_flight == 1  # held for ``first``, which has not run since
+        second = asyncio.create_task(cache.acquire(b))
+        await asyncio.sleep(0.2)
+        assert not second.done()  # waiting for room, not evicting a
+        model = await first
+        assert model is added
+        assert a in cache
+        cache.release(model)
+        other = await second
+        assert other.in_flight == 1
+        cache.release(other)
+
+    asyncio.run(scenario())
+    assert [key for key, _ in cache.items()] == [b]
+    assert cache.bytes_used <= cache.budget_bytes
+    cache.close()
+
+
+def test_a_caller_that_gives_up_waiting_leaves_no_hold() -> None:
+    """Cancelled while the model loads: the load finishes for others, held by nobody."""
+    release = threading.Event()
+    cache = ModelCache(open_model=Opener(release=release))
+
+    async def scenario() -> int:
+        waiter = asyncio.create_task(cache.acquire(KEY))
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        release.set()
+        model, _ = await cache.get(KEY)
+        return model.in_flight
+
+    assert asyncio.run(scenario()) == 0
+    cache.close()
+
+
+def test_a_loaded_model_is_held_by_acquire_and_freed_by_release() -> None:
+    """The warm path holds too: the count is what callers took minus what they released."""
+    cache = ModelCache(open_model=Opener())
+
+    async def scenario() -> list[int]:
+        model = await cache.acquire(KEY)
+        again = await cache.acquire(KEY)
+        counts = [model.in_flight]
+        cache.release(again)
+        counts.append(model.in_flight)
+        cache.release(model)
+        counts.append(model.in_flight)
+        return counts
+
+    assert asyncio.run(scenario()) == [2, 1, 0]
+    cache.close()
