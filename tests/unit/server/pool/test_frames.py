@@ -21,6 +21,7 @@ from server.pool.frames import (
     STAGING_BYTES,
     FrameChannel,
     FrameServer,
+    _Reader,
     decode_request,
     encode_request,
     frames_path,
@@ -671,3 +672,37 @@ def test_a_mismatched_detached_table_costs_the_peer_its_connection(socket_path: 
 
     assert asyncio.run(scenario()) in (b"", None)
     assert called == []
+
+
+class _Collector(_Reader):
+    """A reader that keeps every frame it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[tuple[int, int, bytes]] = []
+
+    def on_frame(self, ident: int, kind: int, payload: bytes | bytearray) -> None:
+        self.frames.append((ident, kind, bytes(payload)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_reader_reassembles_frames_however_the_stream_is_cut(seed: int) -> None:
+    """Empty, small, staging-sized and larger frames, delivered in reads of any size."""
+    rng = np.random.default_rng(seed)
+    sizes = [0, 1, 100, STAGING_BYTES - HEADER.size, STAGING_BYTES, 3 * STAGING_BYTES + 7]
+    sizes += [int(n) for n in rng.integers(0, 2 * STAGING_BYTES, size=12)]
+    rng.shuffle(sizes)
+    sent = [(ident, ident % 3, rng.bytes(size)) for ident, size in enumerate(sizes)]
+    stream = b"".join(HEADER.pack(len(p), ident, kind) + p for ident, kind, p in sent)
+
+    reader = _Collector()
+    offset = 0
+    while offset < len(stream):
+        buffer = reader.get_buffer(-1)
+        assert len(buffer) > 0  # never asks the socket to read nothing
+        step = min(len(buffer), int(rng.integers(1, 300_000)), len(stream) - offset)
+        buffer[:step] = stream[offset : offset + step]
+        reader.buffer_updated(step)
+        offset += step
+
+    assert reader.frames == sent
