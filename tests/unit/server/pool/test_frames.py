@@ -99,6 +99,19 @@ class Gate:
             await self._progress.wait()
 
 
+async def reply_to_raw_frame(socket_path: Path, frame: bytes) -> bytes | None:
+    """Send ``frame`` on a plain socket; what comes back first (``b""``: closed, None: reset)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, str(socket_path))
+        await loop.sock_sendall(sock, frame)
+        try:
+            return await asyncio.wait_for(loop.sock_recv(sock, 1024), GUARD)
+        except ConnectionResetError:
+            return None  # an abort may reset instead of closing cleanly
+
+
 def record_loop_errors(errors: list[dict[str, object]]) -> None:
     """Collect what the event loop would log as unhandled (e.g. an InvalidStateError)."""
     asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
@@ -375,15 +388,8 @@ def test_an_oversized_frame_makes_the_worker_close_the_connection(socket_path: P
     async def scenario() -> tuple[bytes | None, int]:
         server = FrameServer(echo)
         await server.start(socket_path)
-        loop = asyncio.get_running_loop()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, str(socket_path))
-            await loop.sock_sendall(sock, HEADER.pack(MAX_FRAME_BYTES + 1, 1, 0) + b"x" * 64)
-            try:
-                received: bytes | None = await asyncio.wait_for(loop.sock_recv(sock, 1024), GUARD)
-            except ConnectionResetError:
-                received = None  # an abort may reset instead of closing cleanly
+        frame = HEADER.pack(MAX_FRAME_BYTES + 1, 1, 0) + b"x" * 64
+        received = await reply_to_raw_frame(socket_path, frame)
         await asyncio.sleep(0.02)
         connections = len(server.connections)
         await server.stop(0)
@@ -450,16 +456,8 @@ def test_undecodable_request_costs_the_peer_its_connection(socket_path: Path) ->
     async def scenario() -> bytes | None:
         server = FrameServer(echo)
         await server.start(socket_path)
-        loop = asyncio.get_running_loop()
         garbage = b"\xff\xff\xff\xff"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, str(socket_path))
-            await loop.sock_sendall(sock, HEADER.pack(len(garbage), 3, 0) + garbage)
-            try:
-                received: bytes | None = await asyncio.wait_for(loop.sock_recv(sock, 1024), GUARD)
-            except ConnectionResetError:
-                received = None
+        received = await reply_to_raw_frame(socket_path, HEADER.pack(len(garbage), 3, 0) + garbage)
         await server.stop(0)
         return received
 
@@ -657,16 +655,9 @@ def test_a_mismatched_detached_table_costs_the_peer_its_connection(socket_path: 
     async def scenario() -> bytes | None:
         server = FrameServer(handler)
         await server.start(socket_path)
-        loop = asyncio.get_running_loop()
         payload = _tampered("unknown input")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, str(socket_path))
-            await loop.sock_sendall(sock, HEADER.pack(len(payload), 7, REQUEST_DETACHED) + payload)
-            try:
-                received: bytes | None = await asyncio.wait_for(loop.sock_recv(sock, 1024), GUARD)
-            except ConnectionResetError:
-                received = None
+        frame = HEADER.pack(len(payload), 7, REQUEST_DETACHED) + payload
+        received = await reply_to_raw_frame(socket_path, frame)
         await server.stop(0)
         return received
 
