@@ -87,7 +87,9 @@ class _Reader(asyncio.BufferedProtocol):
         self._large: bytearray | None = None
         """The payload being read into a buffer of its own, when there is one."""
         self._filled = 0
+        """How much of ``_large`` has arrived."""
         self._large_head = (0, 0)
+        """The ``(id, kind)`` of the frame in ``_large``."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)  # a stream socket's
