@@ -20,6 +20,10 @@ trip costs time the loop lacks, such a call waits ``busy_delay`` instead.
 (REST calls parsed in one turn go together already; making them wait as
 well cost REST 13-20% of its throughput.)
 
+A trip also carries at most ``max_bytes`` of input (a larger call goes
+alone): concurrent large calls would otherwise share one message past the
+worker's frame and gRPC limits (64 MiB), and every one of them would fail.
+
 The waiting list is bounded (``max_pending``): past it a call is refused as
 ``Overloaded``. When the worker dies, waiting calls fail with ``WorkerGone``
 and the pool retries them elsewhere, like calls of a failed RPC.
@@ -48,6 +52,8 @@ DENSE_WINDOW = 5
 """Traffic is dense when the last RPC left less than this many ``max_delay`` ago."""
 RPC_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 """Upper bounds of the calls-per-RPC histogram."""
+MAX_RPC_BYTES = 32 * 1024 * 1024
+"""Input bytes one RPC carries at most: half the worker's message limit, for the rest."""
 
 
 class WorkerGone(Exception):  # noqa: N818 - an outcome, retried by the pool like UNAVAILABLE
@@ -74,6 +80,7 @@ async def answered(call: Awaitable[T]) -> T:
 class _Waiting:
     call: worker_pb2.InferCall
     detached: Detached
+    size: int
     deadline: float
     future: asyncio.Future[worker_pb2.InferResult]
 
@@ -111,8 +118,10 @@ class Coalescer:
         max_delay: float = 0.0,
         busy_delay: float = 0.0,
         load: LoopLoad | None = None,
+        max_bytes: int = MAX_RPC_BYTES,
     ) -> None:
         self._stub = stub
+        self._max_bytes = max_bytes
         self._max_delay = max_delay
         self._busy_delay = busy_delay
         self._load = load
@@ -137,11 +146,13 @@ class Coalescer:
         deadline: float,
         *,
         detached: Detached | None = None,
+        size: int = 0,
         wait_for_company: bool = False,
     ) -> worker_pb2.InferResult:
         """Send ``call`` (alone or with others) and return its result.
 
-        ``detached``: the bytes of inputs the message leaves out (``call_to_pb``).
+        ``detached``: the bytes of inputs the message leaves out (``call_to_pb``);
+        ``size``: the bytes of all its inputs, for ``max_bytes``.
 
         ``wait_for_company``: the call arrived in a turn of its own; while the loop
         is busy it waits up to ``busy_delay`` for others to share its trip.
@@ -152,7 +163,7 @@ class Coalescer:
         if len(self._waiting) >= self._max_pending:
             raise Overloaded("too many calls are waiting for the inference workers")
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(call, detached or [], deadline, loop.create_future())
+        waiting = _Waiting(call, detached or [], size, deadline, loop.create_future())
         self._waiting.append(waiting)
         if self._rpcs < self._max_rpcs and not self._scheduled:
             # On the next turn of the loop, so calls parsed in this one go together;
@@ -180,8 +191,12 @@ class Coalescer:
         while self._waiting and self._rpcs < self._max_rpcs:
             now = loop.time()
             batch: list[_Waiting] = []
+            size = 0
             while self._waiting and len(batch) < self._max_calls:
-                waiting = self._waiting.popleft()
+                waiting = self._waiting[0]
+                if batch and size + waiting.size > self._max_bytes:
+                    break  # it leads the next trip
+                self._waiting.popleft()
                 if waiting.future.done():
                     continue
                 left = waiting.deadline - now
@@ -192,6 +207,7 @@ class Coalescer:
                     continue
                 waiting.call.timeout_ms = max(1, min(int(left * 1000), 2**32 - 1))
                 batch.append(waiting)
+                size += waiting.size
             if not batch:
                 continue
             stub = self._stub()

@@ -11,7 +11,7 @@ tensors' own memory that the local hop sends beside it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from protos import worker_pb2
 from server.service.datatypes import from_raw, raw_view, to_raw
@@ -68,9 +68,19 @@ def tensor_to_pb(tensor: Tensor) -> worker_pb2.Tensor:
     )
 
 
+class CallMessage(NamedTuple):
+    """A call as the hop sends it (``call_to_pb``)."""
+
+    message: worker_pb2.InferCall
+    detached: Detached
+    """The bytes of the inputs the message leaves out."""
+    size: int
+    """The bytes of all its inputs, in the message or beside it."""
+
+
 def call_to_pb(
     key: ModelKey, inputs: Sequence[Tensor], outputs: Sequence[str], request_id: str
-) -> tuple[worker_pb2.InferCall, Detached]:
+) -> CallMessage:
     """The call's message, and the bytes of its large inputs, which it leaves out.
 
     An input of ``DETACHED_BYTES`` or more has an empty ``data`` in the message;
@@ -82,16 +92,18 @@ def call_to_pb(
     """
     call = worker_pb2.InferCall(model=key_to_pb(key), outputs=outputs, request_id=request_id)
     detached: Detached = []
+    size = 0
     for position, tensor in enumerate(inputs):
         raw = raw_view(tensor.data, tensor.datatype)
         message = call.inputs.add(
             name=tensor.name, datatype=datatype_to_pb(tensor.datatype), shape=tensor.shape
         )
+        size += len(raw)
         if len(raw) >= DETACHED_BYTES:
             detached.append((position, raw))
         else:
             message.data = bytes(raw)
-    return call, detached
+    return CallMessage(call, detached, size)
 
 
 def attach(request: worker_pb2.InferRequest, detached: Sequence[Detached]) -> None:

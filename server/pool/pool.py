@@ -190,12 +190,16 @@ class WorkerPool:
         Raises the service layer's errors (see ``server.pool.errors``);
         ``WorkerCrashed`` when the worker died and the one retry failed too.
         """
-        call, detached = call_to_pb(key, inputs, outputs, request_id or "")
+        call = call_to_pb(key, inputs, outputs, request_id or "")
         loop = asyncio.get_running_loop()
 
         async def send(slot: Slot, left: float) -> worker_pb2.InferResult:
             return await slot.coalescer.call(
-                call, loop.time() + left, detached=detached, wait_for_company=wait_for_company
+                call.message,
+                loop.time() + left,
+                detached=call.detached,
+                size=call.size,
+                wait_for_company=wait_for_company,
             )
 
         slot, result = await self._dispatch(key, timeout, send, request_id=request_id)

@@ -278,3 +278,55 @@ def test_worker_batches_each_version_by_its_settings(served) -> None:
     # Some invocations ran several calls. (How many depends on how fast the
     # gateway hands calls over, which on a shared machine varies a lot.)
     assert grouped["1"] < grouped["+Inf"] < calls
+
+
+def test_concurrent_large_calls_to_one_worker_all_succeed(served) -> None:
+    """24 calls of 4 MiB at once to the one worker: the gateway splits them into trips.
+
+    Queued together they would make one 96 MiB message, past the worker's
+    64 MiB frame limit, and every one of them would fail.
+    """
+    server, _, tokens = served
+    x, _ = digits_test_split()
+    repeats = 37  # 450 rows x 37 = 16,650 rows of 64 float32: 4.1 MiB per call
+    rows = np.tile(x, (repeats, 1))
+    expected = np.tile(in_process_probabilities(), (repeats, 1))
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": list(rows.shape),
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    headers = {
+        **_auth(tokens, "client"),
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+
+    async def calls() -> list[httpx.Response]:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=24)) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        f"{server.url}/v2/models/plain/infer",
+                        content=header + rows.tobytes(),
+                        headers=headers,
+                        timeout=60,
+                    )
+                    for _ in range(24)
+                )
+            )
+
+    replies = asyncio.run(calls())
+    assert [f"{r.status_code} {r.text[:200]}" for r in replies if r.status_code != 200] == []
+    for reply in replies:
+        length = int(reply.headers["Inference-Header-Content-Length"])
+        got = np.frombuffer(reply.content[length:], dtype="<f4").reshape(expected.shape)
+        np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -89,6 +89,21 @@ def test_max_calls_splits_a_long_queue() -> None:
     assert [len(r) for r in asyncio.run(scenario()).requests] == [2, 2, 1]
 
 
+def test_max_bytes_splits_large_calls_and_sends_an_oversized_one_alone() -> None:
+    """No RPC carries more than max_bytes of input, unless one call alone is larger."""
+
+    async def scenario() -> Stub:
+        stub = Stub()
+        stub.release.set()
+        sender = coalescer(stub, RpcStats(), max_bytes=25)
+        deadline = asyncio.get_running_loop().time() + 5
+        sizes = {"a": 10, "b": 10, "c": 10, "d": 40, "e": 5, "f": 20}
+        await asyncio.gather(*(sender.call(call(n), deadline, size=sizes[n]) for n in sizes))
+        return stub
+
+    assert asyncio.run(scenario()).requests == [["a", "b"], ["c"], ["d"], ["e", "f"]]
+
+
 def test_bounded_queue_and_dead_worker() -> None:
     """Past max_pending a call is Overloaded; waiting calls of a dead worker fail as WorkerGone."""
 

@@ -154,7 +154,7 @@ def test_large_inputs_leave_the_message_as_views_and_small_ones_stay_in() -> Non
     big = np.random.default_rng(1).standard_normal((DETACHED_BYTES // 4 + 1,)).astype("<f4")
     small = np.arange(6, dtype="<i4").reshape(2, 3)
     inputs = [Tensor("small", "INT32", (2, 3), small), Tensor("big", "FP32", big.shape, big)]
-    call, detached = call_to_pb(KEY, inputs, ["out"], "req-1")
+    call, detached, size = call_to_pb(KEY, inputs, ["out"], "req-1")
 
     assert [position for position, _ in detached] == [1]
     ((_, raw),) = detached
@@ -163,6 +163,7 @@ def test_large_inputs_leave_the_message_as_views_and_small_ones_stay_in() -> Non
     assert list(call.inputs[1].shape) == [big.size]
     assert call.inputs[0].data == small.tobytes()
     assert list(call.outputs) == ["out"] and call.request_id == "req-1"
+    assert size == big.nbytes + small.nbytes  # what a trip's byte limit counts
 
     # Over gRPC the bytes go back in: the worker then sees an ordinary message.
     request = worker_pb2.InferRequest(calls=[call])
@@ -181,7 +182,7 @@ def test_a_non_contiguous_or_big_endian_input_is_serialised_not_viewed() -> None
     """Inputs not already in the protocol's layout are converted to it before they leave."""
     grid = np.arange(2 * DETACHED_BYTES, dtype="<f4").reshape(2, -1)[:, ::2]
     swapped = np.arange(DETACHED_BYTES, dtype=">f4")
-    _, detached = call_to_pb(
+    _, detached, _ = call_to_pb(
         KEY,
         [Tensor("a", "FP32", grid.shape, grid), Tensor("b", "FP32", swapped.shape, swapped)],
         [],
