@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from server.pool.loopload import LoopLoad
-    from server.pool.messages import Detached
+    from server.pool.messages import CallMessage
 
 T = TypeVar("T")
 
@@ -78,9 +78,7 @@ async def answered(call: Awaitable[T]) -> T:
 
 @dataclass(slots=True)
 class _Waiting:
-    call: worker_pb2.InferCall
-    detached: Detached
-    size: int
+    call: CallMessage
     deadline: float
     future: asyncio.Future[worker_pb2.InferResult]
 
@@ -141,18 +139,9 @@ class Coalescer:
         return len(self._waiting)
 
     async def call(
-        self,
-        call: worker_pb2.InferCall,
-        deadline: float,
-        *,
-        detached: Detached | None = None,
-        size: int = 0,
-        wait_for_company: bool = False,
+        self, call: CallMessage, deadline: float, *, wait_for_company: bool = False
     ) -> worker_pb2.InferResult:
         """Send ``call`` (alone or with others) and return its result.
-
-        ``detached``: the bytes of inputs the message leaves out (``call_to_pb``);
-        ``size``: the bytes of all its inputs, for ``max_bytes``.
 
         ``wait_for_company``: the call arrived in a turn of its own; while the loop
         is busy it waits up to ``busy_delay`` for others to share its trip.
@@ -163,7 +152,7 @@ class Coalescer:
         if len(self._waiting) >= self._max_pending:
             raise Overloaded("too many calls are waiting for the inference workers")
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(call, detached or [], size, deadline, loop.create_future())
+        waiting = _Waiting(call, deadline, loop.create_future())
         self._waiting.append(waiting)
         if self._rpcs < self._max_rpcs and not self._scheduled:
             # On the next turn of the loop, so calls parsed in this one go together;
@@ -194,7 +183,7 @@ class Coalescer:
             size = 0
             while self._waiting and len(batch) < self._max_calls:
                 waiting = self._waiting[0]
-                if batch and size + waiting.size > self._max_bytes:
+                if batch and size + waiting.call.size > self._max_bytes:
                     break  # it leads the next trip
                 self._waiting.popleft()
                 if waiting.future.done():
@@ -205,9 +194,9 @@ class Coalescer:
                         DeadlineExceeded("the inference call ran out of time")
                     )
                     continue
-                waiting.call.timeout_ms = max(1, min(int(left * 1000), 2**32 - 1))
+                waiting.call.message.timeout_ms = max(1, min(int(left * 1000), 2**32 - 1))
                 batch.append(waiting)
-                size += waiting.size
+                size += waiting.call.size
             if not batch:
                 continue
             stub = self._stub()
@@ -224,8 +213,8 @@ class Coalescer:
     async def _send(self, stub: Any, batch: list[_Waiting], timeout: float) -> None:
         try:
             self._stats.record(len(batch))
-            request = worker_pb2.InferRequest(calls=[waiting.call for waiting in batch])
-            detached = [waiting.detached for waiting in batch]
+            request = worker_pb2.InferRequest(calls=[waiting.call.message for waiting in batch])
+            detached = [waiting.call.detached for waiting in batch]
             try:
                 reply = await answered(stub.Infer(request, timeout=timeout, detached=detached))
             except asyncio.CancelledError:

@@ -156,10 +156,9 @@ def encode_request(
     if not table:
         return [_HEADER.pack(len(message), ident, REQUEST) + message]
     head = b"".join((_COUNT.pack(len(message)), message, _COUNT.pack(len(table)), *table))
-    size = len(head) + sum(len(raw) for inputs in detached for _, raw in inputs)
-    pieces: list[Buffer] = [_HEADER.pack(size, ident, REQUEST_DETACHED) + head]
-    pieces += [raw for inputs in detached for _, raw in inputs]
-    return pieces
+    raws = [raw for inputs in detached for _, raw in inputs]
+    size = len(head) + sum(len(raw) for raw in raws)
+    return [_HEADER.pack(size, ident, REQUEST_DETACHED) + head, *raws]
 
 
 def decode_request(

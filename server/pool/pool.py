@@ -195,11 +195,7 @@ class WorkerPool:
 
         async def send(slot: Slot, left: float) -> worker_pb2.InferResult:
             return await slot.coalescer.call(
-                call.message,
-                loop.time() + left,
-                detached=call.detached,
-                size=call.size,
-                wait_for_company=wait_for_company,
+                call, loop.time() + left, wait_for_company=wait_for_company
             )
 
         slot, result = await self._dispatch(key, timeout, send, request_id=request_id)

@@ -197,6 +197,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
         through the queues.
         """
         calls = request.calls
+        attached = attached or {}
         results: dict[int, worker_pb2.InferResult] = {}
         groups = self._ready_now(calls, results)
         if groups is None:
@@ -208,7 +209,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
                 call = calls[position]
                 try:
                     inputs = [
-                        tensor_from_pb(t, attached.get((position, i)) if attached else None)
+                        tensor_from_pb(t, attached.get((position, i)))
                         for i, t in enumerate(call.inputs)
                     ]
                     work.append((inputs, list(call.outputs)))

@@ -10,6 +10,7 @@ import pytest
 from protos import worker_pb2
 from server.pool.dispatcher import Coalescer, RpcStats, WorkerGone
 from server.pool.loopload import LoopLoad
+from server.pool.messages import CallMessage
 from server.service.errors import DeadlineExceeded, Overloaded
 
 if TYPE_CHECKING:
@@ -41,9 +42,9 @@ class Stub:
         )
 
 
-def call(name: str) -> worker_pb2.InferCall:
-    """A call recognisable by its request id."""
-    return worker_pb2.InferCall(request_id=name)
+def call(name: str, size: int = 0) -> CallMessage:
+    """A call recognisable by its request id, with ``size`` bytes of input (none sent)."""
+    return CallMessage(worker_pb2.InferCall(request_id=name), [], size)
 
 
 def coalescer(stub: Stub | None, stats: RpcStats, **limits: Any) -> Coalescer:
@@ -98,7 +99,7 @@ def test_max_bytes_splits_large_calls_and_sends_an_oversized_one_alone() -> None
         sender = coalescer(stub, RpcStats(), max_bytes=25)
         deadline = asyncio.get_running_loop().time() + 5
         sizes = {"a": 10, "b": 10, "c": 10, "d": 40, "e": 5, "f": 20}
-        await asyncio.gather(*(sender.call(call(n), deadline, size=sizes[n]) for n in sizes))
+        await asyncio.gather(*(sender.call(call(n, sizes[n]), deadline) for n in sizes))
         return stub
 
     assert asyncio.run(scenario()).requests == [["a", "b"], ["c"], ["d"], ["e", "f"]]
