@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from server.pool import batcher as batcher_module
 from server.pool.batcher import Batcher, BatchStats
 from server.pool.errors import DEADLINE_EXCEEDED, INVALID_INPUT, OVERLOADED, CallFailed
 from server.pool.runtime import LoadedModel
@@ -188,13 +189,17 @@ def test_quick_models_run_on_the_loop_slow_ones_on_the_inference_thread(
 
 
 def test_the_wait_for_the_inference_thread_is_not_counted_as_the_models_time(
-    model: LoadedModel, digits: Digits
+    model: LoadedModel, digits: Digits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A quick model stays quick though its first call waited 50 ms for a busy thread.
 
     Counting that wait kept a quick model on the thread (and its calls off the
-    fast path) for as long as the loop was busy.
+    fast path) for as long as the loop was busy. The threshold is raised to
+    20 ms here: on a virtual machine the digits model's first call on a thread
+    that just woke up was measured at 0.6-1.3 ms of that thread's CPU time,
+    past the real 0.5 ms, while a counted wait would be 50 ms or more.
     """
+    monkeypatch.setattr(batcher_module, "INLINE_SECONDS", 0.02)
     executor = ThreadPoolExecutor(1)
 
     async def scenario() -> Batcher:
