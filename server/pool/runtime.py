@@ -195,7 +195,7 @@ class LoadedModel:
         wanted = self._check_outputs(outputs)
         with self._lock:
             try:
-                results = self._invoke(feeds, wanted)
+                results = self._invoke({name: [array] for name, array in feeds.items()}, wanted)
             finally:
                 self.last_used = time.monotonic()
         return [
@@ -253,12 +253,10 @@ class LoadedModel:
     ) -> None:
         rows = [next(iter(feeds.values())).shape[0] for _, feeds in members]
         total = sum(rows)
-        stacked = {
-            name: np.concatenate([feeds[name] for _, feeds in members]) for name in self._inputs
-        }
+        parts = {name: [feeds[name] for _, feeds in members] for name in self._inputs}
         with self._lock:
             try:
-                produced = self._invoke(stacked, self._outputs)
+                produced = self._invoke(parts, self._outputs)
             except Exception as exc:  # noqa: BLE001 - every call of the batch gets it
                 for position, _ in members:
                     results[position] = exc
@@ -323,15 +321,26 @@ class LoadedModel:
         return wanted
 
     def _invoke(
-        self, feeds: dict[str, npt.NDArray[Any]], wanted: list[_Port]
+        self, parts: dict[str, list[npt.NDArray[Any]]], wanted: list[_Port]
     ) -> list[npt.NDArray[Any]]:
+        """Run once on each input's ``parts`` stacked along the first dimension.
+
+        Several parts are copied straight into the interpreter's input buffer,
+        once: concatenating them first and then handing the result over
+        copied a batch's inputs twice (for a batch of 224x224 images, 6.6 MB
+        each time).
+        """
         if self._runner is not None:
+            feeds = {name: _stacked(arrays) for name, arrays in parts.items()}
             produced: dict[str, npt.NDArray[Any]] = self._runner(**feeds)
             return [produced[port.name] for port in wanted]
         interpreter = self._interpreter
+        shapes = {
+            name: (sum(len(array) for array in arrays), *arrays[0].shape[1:])
+            for name, arrays in parts.items()
+        }
         resized = False
-        for name, array in feeds.items():
-            shape = tuple(array.shape)
+        for name, shape in shapes.items():
             if self._shapes.get(name) != shape:
                 interpreter.resize_tensor_input(self._inputs[name].index, list(shape), strict=True)
                 resized = True
@@ -340,12 +349,27 @@ class LoadedModel:
             # call resizes every input again instead of trusting stale state.
             self._shapes.clear()
             interpreter.allocate_tensors()
-            self._shapes = {name: tuple(array.shape) for name, array in feeds.items()}
-        for name, array in feeds.items():
-            interpreter.set_tensor(self._inputs[name].index, array)
+            self._shapes = shapes
+        for name, arrays in parts.items():
+            index = self._inputs[name].index
+            if len(arrays) == 1:
+                interpreter.set_tensor(index, arrays[0])
+                continue
+            # A view of the interpreter's own memory; it must be gone before
+            # invoke(), which refuses to run while one is held.
+            buffer = interpreter.tensor(index)()
+            start = 0
+            for array in arrays:
+                buffer[start : start + len(array)] = array
+                start += len(array)
+            del buffer
         interpreter.invoke()
         # get_tensor copies, so the arrays stay valid after the next invoke.
         return [interpreter.get_tensor(port.index) for port in wanted]
+
+
+def _stacked(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _arena_bytes(interpreter: Any) -> int:

@@ -46,6 +46,25 @@ def test_run_many_stacks_calls_and_splits_rows_back(
     assert model.batchable
 
 
+def test_run_many_refills_the_interpreter_after_a_batch_of_another_size(
+    model: LoadedModel, digits: Digits, reference: Reference
+) -> None:
+    """Batches of 5, then 2, then 5 rows: each one's rows land where its outputs say.
+
+    Several calls are copied straight into the interpreter's input buffer,
+    which moves whenever a new batch size resizes it.
+    """
+    offset = 0
+    for sizes in ([3, 2], [1, 1], [4, 1]):
+        starts = offset + np.cumsum([0, *sizes])
+        offset = int(starts[-1])
+        calls = [([_input(digits.x_test[a:b])], []) for a, b in itertools.pairwise(starts)]
+        results = model.run_many(calls)
+        for (a, b), result in zip(itertools.pairwise(starts), results, strict=True):
+            assert not isinstance(result, Exception)
+            assert np.allclose(result[0].data, reference(digits.x_test[a:b]), atol=1e-6)
+
+
 def test_run_many_keeps_a_misfit_call_apart(model: LoadedModel, digits: Digits) -> None:
     """A call with a wrong input fails alone; its neighbours are answered."""
     good = ([_input(digits.x_test[:1])], [])
