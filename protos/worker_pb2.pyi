@@ -34,6 +34,7 @@ class CallErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CALL_ERROR_CODE_OVERLOADED: _ClassVar[CallErrorCode]
     CALL_ERROR_CODE_DEADLINE_EXCEEDED: _ClassVar[CallErrorCode]
     CALL_ERROR_CODE_INTERNAL: _ClassVar[CallErrorCode]
+    CALL_ERROR_CODE_ANSWER_TOO_LARGE: _ClassVar[CallErrorCode]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_BOOL: DataType
 DATA_TYPE_UINT8: DataType
@@ -56,6 +57,7 @@ CALL_ERROR_CODE_LOAD_FAILED: CallErrorCode
 CALL_ERROR_CODE_OVERLOADED: CallErrorCode
 CALL_ERROR_CODE_DEADLINE_EXCEEDED: CallErrorCode
 CALL_ERROR_CODE_INTERNAL: CallErrorCode
+CALL_ERROR_CODE_ANSWER_TOO_LARGE: CallErrorCode
 
 class ModelKey(_message.Message):
     __slots__ = ("tenant_id", "model_version_id")

@@ -65,6 +65,27 @@ def identity_model() -> bytes:
     return converter.convert()
 
 
+def widening_model(factor: int) -> bytes:
+    """A TFLite model whose output ``y`` [-1, n * factor] is its input ``x`` [-1, n] repeated.
+
+    Builtin TILE only: answers ``factor`` times the size of the calls, to
+    test what a worker does when its answers outgrow its requests.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    class Widen(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.tile(x, [1, factor])}
+
+    module = Widen()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module
+    )
+    return converter.convert()
+
+
 def sample(datatype: str) -> np.ndarray:
     """Two rows of edge values for ``datatype`` (extremes, zero, non-ASCII bytes)."""
     if datatype == "BOOL":

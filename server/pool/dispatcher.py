@@ -23,6 +23,9 @@ well cost REST 13-20% of its throughput.)
 A trip also carries at most ``max_bytes`` of input (a larger call goes
 alone): concurrent large calls would otherwise share one message past the
 worker's frame and gRPC limits (64 MiB), and every one of them would fail.
+Answers can outgrow their calls, so the worker also keeps each answer under
+those limits (``server.pool.worker_service.fitted``): a call whose outputs
+did not fit comes back ``ANSWER_TOO_LARGE`` and is sent again, alone.
 
 The waiting list is bounded (``max_pending``): past it a call is refused as
 ``Overloaded``. When the worker dies, waiting calls fail with ``WorkerGone``
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from protos import worker_pb2
-from server.pool.errors import INTERNAL_MESSAGE
+from server.pool.errors import ANSWER_TOO_LARGE, INTERNAL_MESSAGE
 from server.service.errors import DeadlineExceeded, Overloaded, WorkerCrashed
 
 if TYPE_CHECKING:
@@ -81,6 +84,8 @@ class _Waiting:
     call: CallMessage
     deadline: float
     future: asyncio.Future[worker_pb2.InferResult]
+    alone: bool = False
+    """Goes in a trip of its own: its answer did not fit beside the others'."""
 
 
 class RpcStats:
@@ -183,7 +188,7 @@ class Coalescer:
             size = 0
             while self._waiting and len(batch) < self._max_calls:
                 waiting = self._waiting[0]
-                if batch and size + waiting.call.size > self._max_bytes:
+                if batch and (waiting.alone or size + waiting.call.size > self._max_bytes):
                     break  # it leads the next trip
                 self._waiting.popleft()
                 if waiting.future.done():
@@ -197,6 +202,8 @@ class Coalescer:
                 waiting.call.message.timeout_ms = max(1, min(int(left * 1000), 2**32 - 1))
                 batch.append(waiting)
                 size += waiting.call.size
+                if waiting.alone:
+                    break
             if not batch:
                 continue
             stub = self._stub()
@@ -232,8 +239,15 @@ class Coalescer:
                     ),
                 )
                 return
+            again: list[_Waiting] = []
             for waiting, result in zip(batch, reply.results, strict=True):
-                _settle(waiting.future, result)
+                if len(batch) > 1 and result.error.code == ANSWER_TOO_LARGE:
+                    waiting.alone = True
+                    again.append(waiting)
+                else:
+                    _settle(waiting.future, result)
+            # Ahead of the calls that came after them; the finally below sends them.
+            self._waiting.extendleft(reversed(again))
         finally:
             self._rpcs -= 1
             if self._waiting and not self._scheduled:

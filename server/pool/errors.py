@@ -3,8 +3,8 @@
 Inside a worker every expected failure is a ``CallFailed`` with a protocol
 code and a message safe to show the caller. The gateway turns codes back into
 the service layer's errors here, once, so ``server.status`` maps them to HTTP
-and gRPC like any other error. Only ``INVALID_INPUT`` passes the worker's
-message through (it names the bad tensor); every other code gets a fixed
+and gRPC like any other error. Only ``INVALID_INPUT`` and ``ANSWER_TOO_LARGE`` pass the
+worker's message through (it names the bad tensor, or the sizes); every other code gets a fixed
 public text and keeps the worker's words as a logged-only ``detail``.
 """
 
@@ -28,6 +28,7 @@ LOAD_FAILED = worker_pb2.CALL_ERROR_CODE_LOAD_FAILED
 OVERLOADED = worker_pb2.CALL_ERROR_CODE_OVERLOADED
 DEADLINE_EXCEEDED = worker_pb2.CALL_ERROR_CODE_DEADLINE_EXCEEDED
 INTERNAL = worker_pb2.CALL_ERROR_CODE_INTERNAL
+ANSWER_TOO_LARGE = worker_pb2.CALL_ERROR_CODE_ANSWER_TOO_LARGE
 
 INTERNAL_MESSAGE = "the inference worker failed to run the call"
 """What the caller reads for an unexpected worker failure; the cause stays in the logs."""
@@ -55,6 +56,8 @@ STATUS_OF_CODE: dict[int, grpc.StatusCode] = {
     OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     INTERNAL: grpc.StatusCode.INTERNAL,
+    # Never a Load outcome; kept one to one so the table reads back both ways.
+    ANSWER_TOO_LARGE: grpc.StatusCode.OUT_OF_RANGE,
 }
 _CODE_OF_STATUS = {status: code for code, status in STATUS_OF_CODE.items()}
 
@@ -64,7 +67,7 @@ RETRYABLE_STATUSES = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 def service_error(code: int, message: str) -> ServiceError:
     """The service layer's error for a worker's ``CallError``."""
-    if code == INVALID_INPUT:
+    if code in (INVALID_INPUT, ANSWER_TOO_LARGE):
         return InvalidRequest(message)
     if code == MODEL_NOT_FOUND:
         return ModelNotReady("the model version is not available", detail=message)

@@ -31,6 +31,7 @@ import structlog
 from protos import worker_pb2, worker_pb2_grpc
 from server.pool.batcher import Batcher, BatchStats
 from server.pool.errors import (
+    ANSWER_TOO_LARGE,
     DEADLINE_EXCEEDED,
     INTERNAL,
     INTERNAL_MESSAGE,
@@ -38,6 +39,7 @@ from server.pool.errors import (
     STATUS_OF_CODE,
     CallFailed,
 )
+from server.pool.frames import MAX_FRAME_BYTES
 from server.pool.messages import key_from_pb, key_to_pb, tensor_from_pb, tensor_to_pb
 from server.service.errors import InvalidRequest
 
@@ -52,6 +54,9 @@ if TYPE_CHECKING:
     from storage import BatchSettings
 
 log = structlog.get_logger(__name__)
+
+ANSWER_BYTES = MAX_FRAME_BYTES - 1024 * 1024
+"""Outputs one answer carries at most: under the frame and gRPC message limits (64 MiB)."""
 
 
 def rss_bytes() -> int:
@@ -185,7 +190,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
             results = await asyncio.gather(
                 *(self._call(call, received, at, attached) for at, call in enumerate(calls))
             )
-        return worker_pb2.InferResponse(results=results)
+        return worker_pb2.InferResponse(results=fitted(results))
 
     def answer_now(
         self, request: worker_pb2.InferRequest, attached: Attached | None = None
@@ -220,7 +225,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
             if runnable:
                 for position, outcome in zip(runnable, batcher.run_now(work), strict=True):
                     results[position] = self._result(outcome, calls[position].request_id)
-        return worker_pb2.InferResponse(results=[results[p] for p in range(len(calls))])
+        return worker_pb2.InferResponse(results=fitted([results[p] for p in range(len(calls))]))
 
     def _ready_now(
         self, calls: Sequence[worker_pb2.InferCall], refused: dict[int, worker_pb2.InferResult]
@@ -369,6 +374,38 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]  # ge
         """Liveness; does nothing else."""
         del request, context
         return worker_pb2.PingResponse(instance_id=self.instance_id, draining=self.draining)
+
+
+def fitted(
+    results: Sequence[worker_pb2.InferResult], limit: int = ANSWER_BYTES
+) -> list[worker_pb2.InferResult]:
+    """``results`` with those past ``limit`` bytes in all replaced by ``ANSWER_TOO_LARGE``.
+
+    A trip's inputs are capped in the gateway, but its answers come back
+    together, and a model's outputs may be far larger than its inputs: past
+    the frame limit the gateway would drop the connection and every call on
+    it. The results that fit are kept in order; each one that does not
+    becomes an error, which the gateway answers by sending that call again
+    on its own, or, when it was alone already, passes on to the caller.
+    """
+    kept: list[worker_pb2.InferResult] = []
+    total = 0
+    for result in results:
+        size = result.ByteSize()
+        if total + size <= limit:
+            kept.append(result)
+            total += size
+            continue
+        if size > limit:
+            message = (
+                f"the call's outputs are {size} bytes, more than the {limit} bytes "
+                "one answer carries; ask for fewer rows or outputs"
+            )
+        else:
+            message = "the call's outputs did not fit beside the others in one answer"
+        kept.append(_failed(CallFailed(ANSWER_TOO_LARGE, message)))
+        total += kept[-1].ByteSize()
+    return kept
 
 
 def _failed(error: CallFailed) -> worker_pb2.InferResult:

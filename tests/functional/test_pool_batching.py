@@ -20,6 +20,7 @@ import pytest
 
 from tests.digits import DEMO_MODEL, digits_test_split, in_process_probabilities
 from tests.functional.conftest import token_for
+from tests.models import widening_model
 from tests.servers import cli, server_env, start_server
 
 CONCURRENCY = 32
@@ -330,3 +331,94 @@ def test_concurrent_large_calls_to_one_worker_all_succeed(served) -> None:
         length = int(reply.headers["Inference-Header-Content-Length"])
         got = np.frombuffer(reply.content[length:], dtype="<f4").reshape(expected.shape)
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+WIDENING = 8
+
+
+@pytest.fixture(scope="module")
+def wide(served) -> None:
+    """``wide``: a model answering each input row repeated ``WIDENING`` times."""
+    server, _, tokens = served
+    reply = httpx.post(
+        f"{server.url}/admin/v1/models/wide/versions",
+        content=widening_model(WIDENING),
+        headers={**_auth(tokens, "admin"), "Content-Type": "application/octet-stream"},
+        timeout=60,
+    )
+    assert reply.status_code == 201, reply.text
+
+
+def _widening_call(tokens: dict[str, str], x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """The binary request's JSON head and the HTTP headers for a call to ``wide``."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    headers = {
+        **_auth(tokens, "client"),
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    return header, headers
+
+
+@pytest.mark.usefixtures("wide")
+def test_answers_larger_than_a_frame_come_back_in_several_trips(served) -> None:
+    """24 one-row calls of 1 MiB at once, each answered with 8 MiB, to the one worker.
+
+    The inputs of a trip are capped, but its answers come back together: 24 of
+    these in one trip would make a 192 MiB answer, past the worker's 64 MiB
+    frame limit. The worker answers what fits, and the gateway sends the
+    others again, each alone.
+    """
+    server, _, tokens = served
+    x = np.random.default_rng(7).random((1, 256 * 1024), dtype=np.float32)
+    header, headers = _widening_call(tokens, x)
+
+    async def calls() -> list[httpx.Response]:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=24)) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        f"{server.url}/v2/models/wide/infer",
+                        content=header + x.tobytes(),
+                        headers=headers,
+                        timeout=60,
+                    )
+                    for _ in range(24)
+                )
+            )
+
+    replies = asyncio.run(calls())
+    assert [f"{r.status_code} {r.text[:200]}" for r in replies if r.status_code != 200] == []
+    expected = np.tile(x, (1, WIDENING))
+    for reply in replies:
+        length = int(reply.headers["Inference-Header-Content-Length"])
+        got = np.frombuffer(reply.content[length:], dtype="<f4").reshape(expected.shape)
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.usefixtures("wide")
+def test_a_call_whose_answer_alone_is_too_large_fails_naming_the_sizes(served) -> None:
+    """8 MiB in, 64 MiB out: past what one answer carries, so 400 and the sizes, not a 503."""
+    server, _, tokens = served
+    x = np.ones((1, 2 * 1024 * 1024), dtype=np.float32)
+    header, headers = _widening_call(tokens, x)
+    reply = httpx.post(
+        f"{server.url}/v2/models/wide/infer",
+        content=header + x.tobytes(),
+        headers=headers,
+        timeout=60,
+    )
+    assert reply.status_code == 400, reply.text
+    assert "one answer carries; ask for fewer rows or outputs" in reply.json()["error"]

@@ -9,8 +9,10 @@ import pytest
 
 from protos import worker_pb2
 from server.pool.dispatcher import Coalescer, RpcStats, WorkerGone
+from server.pool.errors import ANSWER_TOO_LARGE
 from server.pool.loopload import LoopLoad
 from server.pool.messages import CallMessage
+from server.pool.worker_service import fitted
 from server.service.errors import DeadlineExceeded, Overloaded
 
 if TYPE_CHECKING:
@@ -103,6 +105,58 @@ def test_max_bytes_splits_large_calls_and_sends_an_oversized_one_alone() -> None
         return stub
 
     assert asyncio.run(scenario()).requests == [["a", "b"], ["c"], ["d"], ["e", "f"]]
+
+
+class WideningStub(Stub):
+    """Answers each call with ``sizes[request id]`` bytes, fitted like a worker's answer."""
+
+    def __init__(self, sizes: dict[str, int], limit: int) -> None:
+        super().__init__()
+        self.release.set()
+        self.sizes, self.limit = sizes, limit
+
+    async def Infer(  # noqa: N802 - the gRPC method name
+        self, request: worker_pb2.InferRequest, timeout: float, detached: Sequence[Detached]
+    ) -> worker_pb2.InferResponse:
+        """Record the calls; answer them through the worker's own ``fitted``."""
+        del timeout, detached
+        self.requests.append([call.request_id for call in request.calls])
+        results = [
+            worker_pb2.InferResult(
+                outputs=[
+                    worker_pb2.Tensor(name=call.request_id, data=b"x" * self.sizes[call.request_id])
+                ]
+            )
+            for call in request.calls
+        ]
+        return worker_pb2.InferResponse(results=fitted(results, self.limit))
+
+
+def test_answers_past_the_limit_are_fetched_again_each_alone() -> None:
+    """What did not fit beside the others comes back in a trip of its own, ahead of later calls.
+
+    ``d`` does not fit even alone: it fails once, named, and is not sent again.
+    """
+    sizes = {"a": 40, "b": 40, "c": 40, "d": 150, "e": 10}
+
+    async def scenario() -> tuple[WideningStub, list[worker_pb2.InferResult]]:
+        stub = WideningStub(sizes, limit=100)
+        sender = coalescer(stub, RpcStats())
+        deadline = asyncio.get_running_loop().time() + 5
+        first = asyncio.ensure_future(sender.call(call("a"), deadline))
+        rest = [asyncio.ensure_future(sender.call(call(n), deadline)) for n in "bcd"]
+        await asyncio.sleep(0)
+        late = asyncio.ensure_future(sender.call(call("e"), deadline))
+        return stub, await asyncio.gather(first, *rest, late)
+
+    stub, results = asyncio.run(scenario())
+    assert stub.requests == [["a", "b", "c", "d"], ["c"], ["d"], ["e"]]
+    by_name = dict(zip("abcde", results, strict=True))
+    for name in "abce":
+        assert not by_name[name].HasField("error")
+        assert len(by_name[name].outputs[0].data) == sizes[name]
+    assert by_name["d"].error.code == ANSWER_TOO_LARGE
+    assert "more than the 100 bytes one answer carries" in by_name["d"].error.message
 
 
 def test_bounded_queue_and_dead_worker() -> None:
