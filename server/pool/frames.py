@@ -33,6 +33,7 @@ pool retries on another worker.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -84,8 +85,13 @@ class _Reader(asyncio.BufferedProtocol):
         """Where the first unparsed byte of ``_staging`` is."""
         self._end = 0
         """Where the bytes read into ``_staging`` end."""
-        self._large: bytearray | None = None
-        """The payload being read into a buffer of its own, when there is one."""
+        self._large: mmap.mmap | None = None
+        """The payload being read into a buffer of its own, when there is one.
+
+        Anonymous memory: the kernel hands out zeroed pages as they are first
+        written, where ``bytearray(length)`` zeroed the whole frame first (a
+        memset of every large frame, 0.4% of the CPU under the CNN load).
+        """
         self._filled = 0
         """How much of ``_large`` has arrived."""
         self._large_head = (0, 0)
@@ -104,7 +110,7 @@ class _Reader(asyncio.BufferedProtocol):
         if self._large is not None:
             self._filled += nbytes
             if self._filled == len(self._large):
-                payload, self._large = self._large, None
+                payload, self._large = memoryview(self._large), None
                 self.on_frame(*self._large_head, payload)
             return
         self._end += nbytes
@@ -127,7 +133,7 @@ class _Reader(asyncio.BufferedProtocol):
                 self.on_frame(ident, kind, bytes(self._view[stop - length : stop]))
                 continue
             if size + length > len(staging):  # read the rest straight into its own buffer
-                large = bytearray(length)
+                large = mmap.mmap(-1, length)
                 have = end - start - size
                 large[:have] = self._view[start + size : end]
                 self._large, self._filled, self._large_head = large, have, (ident, kind)
@@ -139,7 +145,7 @@ class _Reader(asyncio.BufferedProtocol):
             self._staging[: end - start] = bytes(self._view[start:end])
             self._start, self._end = 0, end - start
 
-    def on_frame(self, ident: int, kind: int, payload: bytes | bytearray) -> None:
+    def on_frame(self, ident: int, kind: int, payload: Buffer) -> None:
         raise NotImplementedError
 
 
@@ -162,7 +168,7 @@ def encode_request(
 
 
 def decode_request(
-    kind: int, payload: bytes | bytearray
+    kind: int, payload: Buffer
 ) -> tuple[worker_pb2.InferRequest, Attached]:
     """A request frame's message and the inputs sent beside it ((call, input) -> bytes).
 
@@ -215,7 +221,7 @@ class _ServerConnection(_Reader):
         super().__init__()
         self._server = server
 
-    def on_frame(self, ident: int, kind: int, payload: bytes | bytearray) -> None:
+    def on_frame(self, ident: int, kind: int, payload: Buffer) -> None:
         self._server.started(self, ident, kind, payload)
 
     def send(self, ident: int, kind: int, payload: bytes) -> None:
@@ -259,7 +265,7 @@ class FrameServer:
         self._server = await asyncio.get_running_loop().create_unix_server(connection, str(path))
 
     def started(
-        self, connection: _ServerConnection, ident: int, kind: int, payload: bytes | bytearray
+        self, connection: _ServerConnection, ident: int, kind: int, payload: Buffer
     ) -> None:
         """A request frame arrived: answer it now, or in its own task (refuse it when draining)."""
         if self._draining:
@@ -311,7 +317,7 @@ class _ClientConnection(_Reader):
         super().__init__()
         self._channel = channel
 
-    def on_frame(self, ident: int, kind: int, payload: bytes | bytearray) -> None:
+    def on_frame(self, ident: int, kind: int, payload: Buffer) -> None:
         self._channel.answered(ident, kind, payload)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -391,7 +397,7 @@ class FrameChannel:
         self._connection = protocol
         return protocol
 
-    def answered(self, ident: int, kind: int, payload: bytes | bytearray) -> None:
+    def answered(self, ident: int, kind: int, payload: Buffer) -> None:
         """An answer frame arrived: settle the call it belongs to."""
         future = self._pending.get(ident)
         if future is None or future.done():
