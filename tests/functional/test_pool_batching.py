@@ -281,6 +281,49 @@ def test_worker_batches_each_version_by_its_settings(served) -> None:
     assert grouped["1"] < grouped["+Inf"] < calls
 
 
+def _binary_call(
+    tokens: dict[str, str], x: np.ndarray, name: str, output: str
+) -> tuple[bytes, dict[str, str]]:
+    """A binary-tensor call's body (JSON head, then ``x``'s bytes) and its HTTP headers."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": output, "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    headers = {
+        **_auth(tokens, "client"),
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    return header + x.tobytes(), headers
+
+
+def _all_at_once(url: str, body: bytes, headers: dict[str, str], count: int) -> list[np.ndarray]:
+    """``count`` identical calls sent together; each answer's output, once all are 200."""
+
+    async def calls() -> list[httpx.Response]:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=count)) as http:
+            return await asyncio.gather(
+                *(http.post(url, content=body, headers=headers, timeout=60) for _ in range(count))
+            )
+
+    replies = asyncio.run(calls())
+    assert [f"{r.status_code} {r.text[:200]}" for r in replies if r.status_code != 200] == []
+    outputs = []
+    for reply in replies:
+        length = int(reply.headers["Inference-Header-Content-Length"])
+        outputs.append(np.frombuffer(reply.content[length:], dtype="<f4"))
+    return outputs
+
+
 def test_concurrent_large_calls_to_one_worker_all_succeed(served) -> None:
     """24 calls of 4 MiB at once to the one worker: the gateway splits them into trips.
 
@@ -292,45 +335,9 @@ def test_concurrent_large_calls_to_one_worker_all_succeed(served) -> None:
     repeats = 37  # 450 rows x 37 = 16,650 rows of 64 float32: 4.1 MiB per call
     rows = np.tile(x, (repeats, 1))
     expected = np.tile(in_process_probabilities(), (repeats, 1))
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "datatype": "FP32",
-                    "shape": list(rows.shape),
-                    "parameters": {"binary_data_size": rows.nbytes},
-                }
-            ],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    headers = {
-        **_auth(tokens, "client"),
-        "Content-Type": "application/octet-stream",
-        "Inference-Header-Content-Length": str(len(header)),
-    }
-
-    async def calls() -> list[httpx.Response]:
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=24)) as http:
-            return await asyncio.gather(
-                *(
-                    http.post(
-                        f"{server.url}/v2/models/plain/infer",
-                        content=header + rows.tobytes(),
-                        headers=headers,
-                        timeout=60,
-                    )
-                    for _ in range(24)
-                )
-            )
-
-    replies = asyncio.run(calls())
-    assert [f"{r.status_code} {r.text[:200]}" for r in replies if r.status_code != 200] == []
-    for reply in replies:
-        length = int(reply.headers["Inference-Header-Content-Length"])
-        got = np.frombuffer(reply.content[length:], dtype="<f4").reshape(expected.shape)
-        np.testing.assert_allclose(got, expected, atol=1e-5)
+    body, headers = _binary_call(tokens, rows, "input", "probabilities")
+    for got in _all_at_once(f"{server.url}/v2/models/plain/infer", body, headers, 24):
+        np.testing.assert_allclose(got.reshape(expected.shape), expected, atol=1e-5)
 
 
 WIDENING = 8
@@ -349,29 +356,6 @@ def wide(served) -> None:
     assert reply.status_code == 201, reply.text
 
 
-def _widening_call(tokens: dict[str, str], x: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    """The binary request's JSON head and the HTTP headers for a call to ``wide``."""
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "x",
-                    "datatype": "FP32",
-                    "shape": list(x.shape),
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    headers = {
-        **_auth(tokens, "client"),
-        "Content-Type": "application/octet-stream",
-        "Inference-Header-Content-Length": str(len(header)),
-    }
-    return header, headers
-
-
 @pytest.mark.usefixtures("wide")
 def test_answers_larger_than_a_frame_come_back_in_several_trips(served) -> None:
     """24 one-row calls of 1 MiB at once, each answered with 8 MiB, to the one worker.
@@ -383,42 +367,19 @@ def test_answers_larger_than_a_frame_come_back_in_several_trips(served) -> None:
     """
     server, _, tokens = served
     x = np.random.default_rng(7).random((1, 256 * 1024), dtype=np.float32)
-    header, headers = _widening_call(tokens, x)
-
-    async def calls() -> list[httpx.Response]:
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=24)) as http:
-            return await asyncio.gather(
-                *(
-                    http.post(
-                        f"{server.url}/v2/models/wide/infer",
-                        content=header + x.tobytes(),
-                        headers=headers,
-                        timeout=60,
-                    )
-                    for _ in range(24)
-                )
-            )
-
-    replies = asyncio.run(calls())
-    assert [f"{r.status_code} {r.text[:200]}" for r in replies if r.status_code != 200] == []
+    body, headers = _binary_call(tokens, x, "x", "y")
     expected = np.tile(x, (1, WIDENING))
-    for reply in replies:
-        length = int(reply.headers["Inference-Header-Content-Length"])
-        got = np.frombuffer(reply.content[length:], dtype="<f4").reshape(expected.shape)
-        np.testing.assert_array_equal(got, expected)
+    for got in _all_at_once(f"{server.url}/v2/models/wide/infer", body, headers, 24):
+        np.testing.assert_array_equal(got.reshape(expected.shape), expected)
 
 
 @pytest.mark.usefixtures("wide")
 def test_a_call_whose_answer_alone_is_too_large_fails_naming_the_sizes(served) -> None:
     """8 MiB in, 64 MiB out: past what one answer carries, so 400 and the sizes, not a 503."""
     server, _, tokens = served
-    x = np.ones((1, 2 * 1024 * 1024), dtype=np.float32)
-    header, headers = _widening_call(tokens, x)
+    body, headers = _binary_call(tokens, np.ones((1, 2 * 1024 * 1024), np.float32), "x", "y")
     reply = httpx.post(
-        f"{server.url}/v2/models/wide/infer",
-        content=header + x.tobytes(),
-        headers=headers,
-        timeout=60,
+        f"{server.url}/v2/models/wide/infer", content=body, headers=headers, timeout=60
     )
     assert reply.status_code == 400, reply.text
     assert "one answer carries; ask for fewer rows or outputs" in reply.json()["error"]
