@@ -40,6 +40,15 @@ Call = tuple["Sequence[Tensor]", "Sequence[str]"]
 
 _NOT_RUN = RuntimeError("the call was not run")
 
+DIRECT_BYTES = 64 * 1024
+"""Stacked inputs this large are written into the interpreter's buffer part by part.
+
+Below it one ``np.concatenate`` is quicker than a Python loop over the parts
+(32 one-row digits calls: 183-188 us per ``run_many`` against 199).
+"""
+_NUMERIC_KINDS = frozenset("biufc")
+"""numpy dtype kinds held in the interpreter's memory as they are (not strings)."""
+
 _OIP_NAMES = {dtype: name for name, dtype in NUMPY_DTYPES.items() if name != "BYTES"}
 
 
@@ -367,16 +376,6 @@ class LoadedModel:
         interpreter.invoke()
         # get_tensor copies, so the arrays stay valid after the next invoke.
         return [interpreter.get_tensor(port.index) for port in wanted]
-
-
-DIRECT_BYTES = 64 * 1024
-"""Stacked inputs this large are written into the interpreter's buffer part by part.
-
-Below it one ``np.concatenate`` is quicker than a Python loop over the parts
-(32 one-row digits calls: 183-188 us per ``run_many`` against 199).
-"""
-_NUMERIC_KINDS = frozenset("biufc")
-"""numpy dtype kinds held in the interpreter's memory as they are (not strings)."""
 
 
 def _stacked(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
