@@ -27,7 +27,7 @@ from server.service.datatypes import NUMPY_DTYPES
 from server.service.types import Tensor
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     import numpy.typing as npt
 
@@ -204,7 +204,7 @@ class LoadedModel:
         wanted = self._check_outputs(outputs)
         with self._lock:
             try:
-                results = self._invoke({name: [array] for name, array in feeds.items()}, wanted)
+                results = self._invoke(feeds, wanted)
             finally:
                 self.last_used = time.monotonic()
         return [
@@ -262,10 +262,10 @@ class LoadedModel:
     ) -> None:
         rows = [next(iter(feeds.values())).shape[0] for _, feeds in members]
         total = sum(rows)
-        parts = {name: [feeds[name] for _, feeds in members] for name in self._inputs}
+        stacked = {name: _stacked([feeds[name] for _, feeds in members]) for name in self._inputs}
         with self._lock:
             try:
-                produced = self._invoke(parts, self._outputs)
+                produced = self._invoke(stacked, self._outputs)
             except Exception as exc:  # noqa: BLE001 - every call of the batch gets it
                 for position, _ in members:
                     results[position] = exc
@@ -330,21 +330,22 @@ class LoadedModel:
         return wanted
 
     def _invoke(
-        self, parts: dict[str, list[npt.NDArray[Any]]], wanted: list[_Port]
+        self, feeds: Mapping[str, npt.NDArray[Any] | list[npt.NDArray[Any]]], wanted: list[_Port]
     ) -> list[npt.NDArray[Any]]:
-        """Run once on each input's ``parts`` stacked along the first dimension.
+        """Run once on ``feeds``: an array per input, or the parts to stack into it.
 
-        Several parts of ``DIRECT_BYTES`` or more in all are copied straight
-        into the interpreter's input buffer, once: concatenating them first
-        and then handing the result over copied a batch's inputs twice (for a
-        batch of 224x224 images, 6.6 MB each time, into freshly mapped memory).
+        Parts (``_stacked`` leaves them apart when they are large) are copied
+        straight into the interpreter's input buffer, once: concatenating them
+        first and then handing the result over copied a batch's inputs twice
+        (for a batch of 224x224 images, 6.6 MB each time, into freshly mapped
+        memory).
         """
         if self._runner is not None:
-            feeds = {name: _stacked(arrays) for name, arrays in parts.items()}
-            produced: dict[str, npt.NDArray[Any]] = self._runner(**feeds)
+            arrays = {name: _joined(feed) for name, feed in feeds.items()}
+            produced: dict[str, npt.NDArray[Any]] = self._runner(**arrays)
             return [produced[port.name] for port in wanted]
         interpreter = self._interpreter
-        shapes = {name: _stacked_shape(arrays) for name, arrays in parts.items()}
+        shapes = {name: _shape(feed) for name, feed in feeds.items()}
         resized = False
         for name, shape in shapes.items():
             if self._shapes.get(name) != shape:
@@ -356,20 +357,16 @@ class LoadedModel:
             self._shapes.clear()
             interpreter.allocate_tensors()
             self._shapes = shapes
-        for name, arrays in parts.items():
+        for name, feed in feeds.items():
             index = self._inputs[name].index
-            if (
-                len(arrays) == 1
-                or arrays[0].dtype.kind not in _NUMERIC_KINDS  # strings: no view of them
-                or sum(array.nbytes for array in arrays) < DIRECT_BYTES
-            ):
-                interpreter.set_tensor(index, _stacked(arrays))
+            if not isinstance(feed, list):
+                interpreter.set_tensor(index, feed)
                 continue
             # A view of the interpreter's own memory; it must be gone before
             # invoke(), which refuses to run while one is held.
             buffer = interpreter.tensor(index)()
             start = 0
-            for array in arrays:
+            for array in feed:
                 buffer[start : start + len(array)] = array
                 start += len(array)
             del buffer
@@ -378,14 +375,26 @@ class LoadedModel:
         return [interpreter.get_tensor(port.index) for port in wanted]
 
 
-def _stacked(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+def _stacked(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any] | list[npt.NDArray[Any]]:
+    """Calls' inputs for one invocation: concatenated, or left as parts when that copy counts.
+
+    Parts of ``DIRECT_BYTES`` or more in all, of a numeric type, are written
+    into the interpreter's buffer one by one (``_invoke``); strings have no
+    view to write into, and small parts are quicker joined by numpy.
+    """
+    if arrays[0].dtype.kind in _NUMERIC_KINDS and sum(a.nbytes for a in arrays) >= DIRECT_BYTES:
+        return arrays
+    return np.concatenate(arrays)
 
 
-def _stacked_shape(arrays: list[npt.NDArray[Any]]) -> tuple[int, ...]:
-    if len(arrays) == 1:
-        return tuple(arrays[0].shape)  # any rank, a scalar's too
-    return (sum(array.shape[0] for array in arrays), *arrays[0].shape[1:])
+def _joined(feed: npt.NDArray[Any] | list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    return np.concatenate(feed) if isinstance(feed, list) else feed
+
+
+def _shape(feed: npt.NDArray[Any] | list[npt.NDArray[Any]]) -> tuple[int, ...]:
+    if isinstance(feed, list):
+        return (sum(array.shape[0] for array in feed), *feed[0].shape[1:])
+    return tuple(feed.shape)
 
 
 def _arena_bytes(interpreter: Any) -> int:
