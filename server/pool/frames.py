@@ -167,9 +167,7 @@ def encode_request(
     return [_HEADER.pack(size, ident, REQUEST_DETACHED) + head, *raws]
 
 
-def decode_request(
-    kind: int, payload: Buffer
-) -> tuple[worker_pb2.InferRequest, Attached]:
+def decode_request(kind: int, payload: Buffer) -> tuple[worker_pb2.InferRequest, Attached]:
     """A request frame's message and the inputs sent beside it ((call, input) -> bytes).
 
     Raises ``ValueError`` for a frame that breaks the format, checked before
