@@ -242,10 +242,13 @@ class FrameServer:
         *,
         answer_now: Callable[[worker_pb2.InferRequest, Attached], worker_pb2.InferResponse | None]
         | None = None,
+        refit: Callable[[worker_pb2.InferResponse], worker_pb2.InferResponse] | None = None,
     ) -> None:
         self._handler = handler
         self._answer_now = answer_now
         """Answers a request on the spot when it can (no task); ``None`` hands it to ``handler``."""
+        self._refit = refit
+        """Makes an answer past ``MAX_FRAME_BYTES`` fit; asked only then, after one encoding."""
         self._server: asyncio.AbstractServer | None = None
         self.connections: set[_ServerConnection] = set()
         self._running: set[asyncio.Task[None]] = set()
@@ -279,7 +282,7 @@ class FrameServer:
         if self._answer_now is not None:
             reply = self._answer_now(request, attached)
             if reply is not None:
-                connection.send(ident, ANSWER, reply.SerializeToString())
+                self._send_answer(connection, ident, reply)
                 return
         task = asyncio.get_running_loop().create_task(
             self._answer(connection, ident, request, attached)
@@ -295,7 +298,15 @@ class FrameServer:
         attached: Attached,
     ) -> None:
         reply = await self._handler(request, attached)
-        connection.send(ident, ANSWER, reply.SerializeToString())
+        self._send_answer(connection, ident, reply)
+
+    def _send_answer(
+        self, connection: _ServerConnection, ident: int, reply: worker_pb2.InferResponse
+    ) -> None:
+        payload = reply.SerializeToString()
+        if len(payload) > MAX_FRAME_BYTES and self._refit is not None:
+            payload = self._refit(reply).SerializeToString()
+        connection.send(ident, ANSWER, payload)
 
     async def stop(self, grace: float) -> None:
         """Take no new calls (callers are told to go elsewhere); give running ones ``grace``."""

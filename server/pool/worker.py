@@ -34,7 +34,7 @@ import uvloop
 from protos import worker_pb2_grpc
 from server.pool.cache import ModelCache
 from server.pool.frames import FrameServer, frames_path
-from server.pool.worker_service import BatchPolicy, WorkerService
+from server.pool.worker_service import BatchPolicy, WorkerService, fitted_response
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -105,7 +105,9 @@ async def serve(
     service = WorkerService(cache=cache, batching=BatchPolicy.from_settings(settings))
     server = create_server(service, address, None if tls is None else tls.server_credentials())
     frames = (
-        FrameServer(service.infer_queued, answer_now=service.answer_now) if tls is None else None
+        FrameServer(service.infer_queued, answer_now=service.answer_now, refit=fitted_response)
+        if tls is None
+        else None
     )
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
