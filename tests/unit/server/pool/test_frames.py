@@ -16,6 +16,7 @@ import pytest
 from protos import worker_pb2
 from server.pool.dispatcher import WorkerGone
 from server.pool.frames import (
+    KEPT_BYTES,
     MAX_FRAME_BYTES,
     REQUEST_DETACHED,
     STAGING_BYTES,
@@ -697,3 +698,73 @@ def test_the_reader_reassembles_frames_however_the_stream_is_cut(seed: int) -> N
         offset += step
 
     assert reader.frames == sent
+
+
+class _Holder(_Reader):
+    """A reader that keeps every payload it is handed as it came: views, not copies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.payloads: list[memoryview] = []
+
+    def on_frame(self, ident: int, kind: int, payload: bytes | bytearray | memoryview) -> None:
+        del ident, kind
+        assert isinstance(payload, memoryview)  # a large frame, read into a buffer of its own
+        self.payloads.append(payload)
+
+
+def _deliver(reader: _Reader, payload: bytes, ident: int) -> None:
+    stream = HEADER.pack(len(payload), ident, 0) + payload
+    offset = 0
+    while offset < len(stream):
+        buffer = reader.get_buffer(-1)
+        step = min(len(buffer), 200_000, len(stream) - offset)
+        buffer[:step] = stream[offset : offset + step]
+        reader.buffer_updated(step)
+        offset += step
+
+
+def test_a_large_frame_buffer_is_reused_once_nothing_refers_to_it() -> None:
+    """A frame read after the last one was let go lands in that one's memory."""
+    rng = np.random.default_rng(1)
+    reader = _Holder()
+    _deliver(reader, first := rng.bytes(3 * STAGING_BYTES), 1)
+    assert reader.payloads[0] == first
+    buffer = reader.payloads[0].obj
+    reader.payloads.clear()
+
+    _deliver(reader, second := rng.bytes(2 * STAGING_BYTES + 5), 2)
+
+    assert reader.payloads[0].obj is buffer
+    assert reader.payloads[0] == second
+
+
+def test_a_large_frame_still_referred_to_is_never_overwritten() -> None:
+    """An input array that outlives its call keeps its bytes: the next frame goes elsewhere."""
+    rng = np.random.default_rng(2)
+    reader = _Holder()
+    _deliver(reader, first := rng.bytes(3 * STAGING_BYTES), 1)
+    still_used = np.frombuffer(reader.payloads.pop(), dtype=np.uint8)[10:]
+
+    _deliver(reader, second := rng.bytes(3 * STAGING_BYTES), 2)
+    _deliver(reader, third := rng.bytes(3 * STAGING_BYTES), 3)
+
+    assert still_used.tobytes() == first[10:]
+    assert [bytes(p) for p in reader.payloads] == [second, third]
+    assert reader.payloads[0].obj is not reader.payloads[1].obj
+
+
+def test_a_frame_larger_than_the_kept_bytes_is_not_kept() -> None:
+    """Memory kept for reuse stays bounded: a buffer past ``KEPT_BYTES`` is let go."""
+    reader = _Holder()
+    size = KEPT_BYTES + 1
+    _deliver(reader, b"\x01" * size, 1)
+    first = reader.payloads.pop()
+    assert first == b"\x01" * size
+    buffer = first.obj
+    del first
+
+    _deliver(reader, b"\x02" * size, 2)
+
+    assert reader.payloads[0].obj is not buffer
+    assert reader.payloads[0] == b"\x02" * size
