@@ -18,6 +18,12 @@ workers). The bare app answers in microseconds, so what its p99 shows is
 what the kernel's scheduler costs when that many busy processes and the
 load generator share two cores.
 
+Then what carrying one request of the issue's compute-heavy CNN (602 KB of
+input) costs the same bare servers in CPU, each in one process on one CPU
+with the load generator on another, and so the largest share of the CNN's
+in-process ceiling any server on that transport could reach here, if it
+spent nothing else per call (``transport_floor``).
+
 Last, what one process waking another costs here: two processes passing a
 byte back and forth over pipes, once on two different CPUs and once both
 on the same CPU. A call through sealserve wakes a gateway, its worker, the
@@ -29,6 +35,7 @@ concurrency, and the per-call CPU of paced traffic.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import socket
@@ -37,15 +44,31 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from load import Point, grpc_frame, v2_json, wrk
+from load import (
+    CNN_FILE,
+    MODELS,
+    Body,
+    Point,
+    ceiling,
+    grpc_frame,
+    v2_binary,
+    v2_json,
+    wrk,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 ISSUE = {"asgi": (32_000, 48_000), "grpc": (6_000, 6_500)}
 """The issue's figures for one and two processes (req/s)."""
 LATENCY_PROCESSES = (2, 4)
 """Bare app processes for the latency floor: one per core, and one per server process."""
 LATENCY_ROUNDS = 3
+CNN_BATCH = 11
+"""The batch size the server's workers run the CNN at under c=64 (sessions 14-17: 9-11)."""
 WAKE_ROUND_TRIPS = 20_000
 
 BARE_ASGI = """
@@ -62,8 +85,13 @@ async def app(scope, receive, send):
         message = await receive()
         body += message.get("body", b"")
         more = message.get("more_body", False)
-    request = orjson.loads(body)
-    x = np.asarray(request["inputs"][0]["data"], dtype=np.float32)
+    split = dict(scope["headers"]).get(b"inference-header-content-length")
+    if split is None:
+        request = orjson.loads(body)
+        x = np.asarray(request["inputs"][0]["data"], dtype=np.float32)
+    else:  # the binary tensor extension: a JSON header, then the raw tensor
+        request = orjson.loads(body[: int(split)])
+        x = np.frombuffer(body, dtype=np.float32, offset=int(split))
     data = x.ravel()[:10].tolist()
     answer = orjson.dumps(
         {"outputs": [{"name": "out", "datatype": "FP32", "shape": [1, 10], "data": data}]}
@@ -96,11 +124,22 @@ def wait_listening(port: int, timeout: float = 30) -> None:
 
 
 def bare_asgi(
-    processes: int, seconds: float, *, connections: int = 64, rounds: int = 1
+    processes: int,
+    seconds: float,
+    *,
+    connections: int = 64,
+    rounds: int = 1,
+    body: Body | None = None,
+    cost: list[float] | None = None,
 ) -> list[Point]:
-    """``rounds`` wrk runs at ``connections`` against the bare app in ``processes`` workers."""
+    """``rounds`` wrk runs at ``connections`` against the bare app in ``processes`` workers.
+
+    ``body`` defaults to the digits model's JSON request. With ``cost``, the
+    one server process runs on one CPU and ``wrk`` on another, and the
+    server's CPU milliseconds per request of each round are appended to it.
+    """
     port = free_port()
-    body = v2_json("digits", np.full((1, 64), 0.5, np.float32))
+    body = body or v2_json("digits", np.full((1, 64), 0.5, np.float32))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "bare_app.py").write_text(BARE_ASGI)
         server = subprocess.Popen(  # noqa: S603 - fixed arguments
@@ -128,9 +167,13 @@ def bare_asgi(
             wait_listening(port)
             time.sleep(1)  # every worker process up, not only the first
             url = f"http://127.0.0.1:{port}"
-            points = [
-                wrk(url, body, "-", connections=connections, seconds=seconds) for _ in range(rounds)
-            ]
+            points = []
+            for _ in range(rounds):
+                with _apart(server.pid, cost) as used:
+                    point = wrk(url, body, "-", connections=connections, seconds=seconds)
+                points.append(point)
+                if cost is not None:
+                    cost.append(used() / (point.rate * seconds) * 1000)
         finally:
             server.terminate()
             server.wait(30)
@@ -139,6 +182,35 @@ def bare_asgi(
         msg = f"{failed} failed requests against the bare ASGI app"
         raise SystemExit(msg)
     return points
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, every thread) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def _apart(pid: int, measured: object) -> Iterator[Callable[[], float]]:
+    """``pid`` on the first CPU, load generators started inside on the last.
+
+    Only when ``measured`` is not None (otherwise nothing moves). Yields what
+    gives the CPU seconds ``pid`` used inside the block, once it is over.
+    """
+    if measured is None:
+        yield lambda: 0.0
+        return
+    mine = os.sched_getaffinity(0)
+    cpus = sorted(mine)
+    os.sched_setaffinity(pid, {cpus[0]})
+    os.sched_setaffinity(0, {cpus[-1]})  # the load generator inherits it
+    used = [0.0]
+    before = _cpu_seconds(pid)
+    try:
+        yield lambda: used[0]
+    finally:
+        used[0] = _cpu_seconds(pid) - before
+        os.sched_setaffinity(0, mine)
 
 
 def bare_asgi_rate(processes: int, seconds: float) -> float:
@@ -164,8 +236,19 @@ async def _grpc_server(port: int) -> None:
     await server.wait_for_termination()
 
 
-def bare_grpc(processes: int, seconds: float) -> float:
-    """Calls/s of a bare ``grpc.aio`` unary handler in ``processes`` processes on one port."""
+def bare_grpc(
+    processes: int,
+    seconds: float,
+    *,
+    message: bytes | None = None,
+    cost: list[float] | None = None,
+) -> float:
+    """Calls/s of a bare ``grpc.aio`` unary handler in ``processes`` processes on one port.
+
+    ``message`` (a gRPC frame) defaults to the digits model's request. With
+    ``cost`` (one process), as in ``bare_asgi``: the server's CPU
+    milliseconds per call are appended to it.
+    """
     port = free_port()
     servers = [
         subprocess.Popen([sys.executable, __file__, "--grpc-server", str(port)])  # noqa: S603
@@ -174,13 +257,14 @@ def bare_grpc(processes: int, seconds: float) -> float:
     try:
         wait_listening(port)
         time.sleep(1)
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _apart(servers[0].pid, cost) as used:
             frame = Path(tmp) / "frame"
-            frame.write_bytes(grpc_frame("digits", np.full((1, 64), 0.5, np.float32)))
+            frame.write_bytes(message or grpc_frame("digits", np.full((1, 64), 0.5, np.float32)))
+            threads = "1" if cost is not None else "2"
             result = subprocess.run(  # noqa: S603 - fixed arguments
                 [  # noqa: S607 - h2load from the system
                     "h2load",
-                    *("-D", f"{seconds:g}", "-c", "16", "-m", "4", "-t", "2"),
+                    *("-D", f"{seconds:g}", "-c", "16", "-m", "4", "-t", threads),
                     *("-d", str(frame), "-H", "content-type: application/grpc"),
                     *("-H", "te: trailers"),
                     f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer",
@@ -198,7 +282,50 @@ def bare_grpc(processes: int, seconds: float) -> float:
     if rate is None or failed is None or int(failed.group(1)) or int(failed.group(2)):
         msg = f"h2load against the bare gRPC server did not finish cleanly:\n{result.stdout}"
         raise SystemExit(msg)
+    if cost is not None:
+        cost.append(used() / (float(rate.group(1)) * seconds) * 1000)
     return float(rate.group(1))
+
+
+def transport_floor(seconds: float) -> None:
+    """What carrying one CNN request costs the bare servers, and what that leaves the CNN.
+
+    The CNN target is throughput >= 90% of the in-process ceiling, which is
+    every CPU running the interpreter. A server spends ``c`` CPU seconds per
+    call besides the model; with the ceiling at ``R`` rows/s on ``n`` CPUs,
+    each row costs ``n / R`` CPU seconds in the interpreter, so the server
+    reaches at most ``1 / (1 + c * R / n)`` of the ceiling, if nothing else
+    cost anything (no auth, no hop to a worker, no load generator). The
+    bare gRPC handler does not even decode the message; the bare REST app
+    parses the JSON header and views the tensor, as any server must.
+    """
+    row = MODELS["cnn"][1]
+    image = np.random.default_rng(0).random((1, *row), dtype=np.float32)
+    rest: list[float] = []
+    grpc: list[float] = []
+    for _ in range(2):
+        bare_asgi(1, seconds, body=v2_binary("cnn", image), cost=rest)
+        bare_grpc(1, seconds, message=grpc_frame("cnn", image), cost=grpc)
+    print(
+        f"\nCPU per CNN request ({image.nbytes:,} bytes of input), one bare server process on "
+        f"one CPU, the load generator on another: REST (uvicorn, binary tensors) "
+        f"{_ms_range(rest)} ms, gRPC (grpc.aio) {_ms_range(grpc)} ms"
+    )
+    if not CNN_FILE.exists():
+        print("(no cached CNN: run bench/load.py once to build it, for the share below)")
+        return
+    processes = len(os.sched_getaffinity(0))
+    rate = ceiling(CNN_FILE.read_bytes(), (CNN_BATCH, *row), min(seconds, 5), processes)
+    print(f"the CNN's in-process ceiling at batch {CNN_BATCH}: {rate:.0f} rows/s")
+    print("\n| transport | CPU ms per CNN request | most of the ceiling a server can reach |")
+    print("|---|---|---|")
+    for name, costs in (("bare uvicorn, REST", rest), ("bare grpc.aio", grpc)):
+        shares = [1 / (1 + cost / 1000 * rate / processes) for cost in costs]
+        print(f"| {name} | {_ms_range(costs)} | {min(shares):.1%}-{max(shares):.1%} |")
+
+
+def _ms_range(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
 
 
 def main() -> None:
@@ -230,6 +357,7 @@ def main() -> None:
         )
         print(f"| {name} | {processes} | {rate:,.0f} | {issue:,} | {rate / issue:.0%} |")
     latency_floor(args.seconds)
+    transport_floor(args.seconds)
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) > 1:
         across, same = wake_round_trip(cpus[0], cpus[-1]), wake_round_trip(cpus[0], cpus[0])
