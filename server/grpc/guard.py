@@ -23,7 +23,7 @@ from server.policy import grpc_operation
 from server.status import log_if_hidden, public_message, spec_for
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from auth import Principal
     from server.service.access import AccessControl
@@ -85,8 +85,15 @@ class GatewayGuard:
         self._on_done = on_done
         """Told each finished call's method and status code name (for ``/metrics``)."""
 
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler | None:
+    def wrap(
+        self,
+        handler: grpc.RpcMethodHandler,
+        method: str,
+        deserializer: Callable[[bytes], Any] | None = None,
+    ) -> grpc.RpcMethodHandler | None:
         """``handler`` of ``method`` (``/package.Service/Method``), guarded.
+
+        ``deserializer`` replaces the handler's own request deserializer.
 
         ``None`` (served as UNIMPLEMENTED) for a client-streaming method: none is
         served, and one the guard cannot wrap must not run unguarded.
@@ -94,7 +101,7 @@ class GatewayGuard:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer or handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -103,7 +110,7 @@ class GatewayGuard:
             # servicer that yielded instead would fail its first call loudly.)
             return grpc.unary_stream_rpc_method_handler(
                 self._unary(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer or handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return None
@@ -143,9 +150,16 @@ class GatewayGuard:
 class GuardedHandlers(grpc.GenericRpcHandler):  # type: ignore[misc]
     """The methods of ``inner``'s handlers, each behind ``guard``, wrapped on first use."""
 
-    def __init__(self, inner: Sequence[grpc.GenericRpcHandler], guard: GatewayGuard) -> None:
+    def __init__(
+        self,
+        inner: Sequence[grpc.GenericRpcHandler],
+        guard: GatewayGuard,
+        deserializers: Mapping[str, Callable[[bytes], Any]] | None = None,
+    ) -> None:
         self._inner = inner
         self._guard = guard
+        self._deserializers = deserializers or {}
+        """Request deserializers by method, in place of the generated ones."""
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
         """Registered methods only: a name nobody serves is not remembered."""
 
@@ -160,7 +174,7 @@ class GuardedHandlers(grpc.GenericRpcHandler):  # type: ignore[misc]
         for handlers in self._inner:
             found = handlers.service(handler_call_details)
             if found is not None:
-                wrapped = self._guard.wrap(found, method)
+                wrapped = self._guard.wrap(found, method, self._deserializers.get(method))
                 if wrapped is not None:
                     self._wrapped[method] = wrapped
                 return wrapped

@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from starlette.concurrency import run_in_threadpool
 
 from server.grpc.guard import GatewayGuard, GuardedHandlers, Registrar
-from server.grpc.servicers import InferenceServicer, add_to_server
+from server.grpc.servicers import DESERIALIZERS, InferenceServicer, add_to_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -61,7 +61,9 @@ class GrpcGateway:
             add_to_server(InferenceServicer(inference=inference, health=health_service), registrar),
         ]
         guard = GatewayGuard(access, on_done=on_done)
-        self.server.add_generic_rpc_handlers([GuardedHandlers(registrar.handlers, guard)])
+        self.server.add_generic_rpc_handlers(
+            [GuardedHandlers(registrar.handlers, guard, DESERIALIZERS)]
+        )
         self._task: asyncio.Task[None] | None = None
 
     def bind(self, address: str) -> int:

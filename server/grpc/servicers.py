@@ -74,15 +74,20 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):  # typ
         return converters.model_metadata(data)
 
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: Context
+        self, request: converters.ReceivedInfer, context: Context
     ) -> pb.ModelInferResponse:
-        """Run one inference."""
+        """Run one inference (the request decoded by ``converters.receive_infer``)."""
         principal = _principal()
-        model, ref = request.model_name, request.model_version or None
+        message = request.message
+        model, ref = message.model_name, message.model_version or None
         with self._inference.admit(principal, model, ref) as admission:
-            parsed = converters.infer_request(request)
+            parsed = converters.infer_request(message, request.raw)
             answer = await self._inference.infer(principal, model, ref, parsed, admission=admission)
         return converters.infer_response(answer)
+
+
+DESERIALIZERS = {"/inference.GRPCInferenceService/ModelInfer": converters.receive_infer}
+"""Methods whose requests are decoded otherwise than the generated code does."""
 
 
 def add_to_server(servicer: InferenceServicer, server: Any) -> Any:
