@@ -19,6 +19,8 @@ from tests.servers import children, cli, server_env, start_server, wait_for
 LOAD_SECONDS = 30.0
 CONCURRENCY = 16
 KILL_AFTER = 5.0
+STOPPED_FOR = 0.2
+"""Seconds the victim is frozen before the kill, so that calls sent to it are in flight."""
 BACK_WITHIN = 5.0
 CALL_TIMEOUT = 10.0
 
@@ -57,6 +59,12 @@ def _failure_report(failures: list[tuple[float, str]], killed: float | None, log
 async def kill_a_worker(http: httpx.AsyncClient, server, marks: dict[str, float]) -> None:
     """SIGKILL a serving worker after ``KILL_AFTER`` s, and time its return.
 
+    The worker is frozen (SIGSTOP) for ``STOPPED_FOR`` s first: a small
+    model's calls are in a worker for a millisecond, so a bare kill could
+    land while it held none (seen once in CI, under the load of other
+    tests), and nothing would be retried. Frozen, it keeps the calls sent
+    to it meanwhile, and the kill fails them.
+
     ``marks`` gets when it was killed, and how long until its slot and then
     a new spare behind it were back, as /metrics reports them.
     """
@@ -67,6 +75,8 @@ async def kill_a_worker(http: httpx.AsyncClient, server, marks: dict[str, float]
     serving = worker_pids(server.process.pid, b"/worker-")  # not the spare
     assert len(serving) == 2
     victim = min(serving)
+    os.kill(victim, signal.SIGSTOP)
+    await asyncio.sleep(STOPPED_FOR)
     os.kill(victim, signal.SIGKILL)
     killed = marks["killed"] = time.monotonic()
     while time.monotonic() - killed < 3 * BACK_WITHIN:
