@@ -77,3 +77,14 @@ def test_a_malformed_request_is_refused_as_undecodable(data: bytes, problem: str
     """Bytes that are no message fail as upb's own parse would: ``DecodeError``."""
     with pytest.raises(DecodeError, match=problem):
         receive_infer(data)
+
+
+def test_a_request_with_typed_contents_only_decodes_whole() -> None:
+    """No raw inputs: the message is the one sent, with nothing set apart."""
+    sent = pb.ModelInferRequest(model_name="m")
+    sent.inputs.add(name="x", datatype="FP32", shape=[3]).contents.fp32_contents.extend([1, 2, 3])
+
+    received = receive_infer(sent.SerializeToString())
+
+    assert received.message == sent
+    assert received.raw == []
