@@ -139,14 +139,11 @@ def _parameters(params: Any) -> dict[str, Any]:
     }
 
 
-def infer_request(
-    message: pb.ModelInferRequest, raw: Sequence[bytes | memoryview] | None = None
-) -> InferRequest:
+def infer_request(message: pb.ModelInferRequest, raw: Sequence[memoryview]) -> InferRequest:
     """Decode a ``ModelInferRequest``; every problem names the input.
 
-    ``raw``: its ``raw_input_contents`` when they arrived apart (``receive_infer``).
+    ``raw``: its ``raw_input_contents``, which arrive apart (``receive_infer``).
     """
-    raw = list(message.raw_input_contents) if raw is None else raw
     if raw and len(raw) != len(message.inputs):
         raise InvalidRequest(
             f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs"
