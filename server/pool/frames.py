@@ -33,6 +33,7 @@ pool retries on another worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import struct
 from pathlib import Path
@@ -71,6 +72,21 @@ def frames_path(socket_path: str | Path) -> Path:
     return path.with_name(path.name + ".infer")
 
 
+def _private_buffer(size: int) -> mmap.mmap:
+    """``size`` bytes of private anonymous memory, in huge pages where the kernel offers them.
+
+    ``mmap``'s default, a shared mapping, is backed by shmem and handed out
+    one 4 KiB page fault at a time: writing 7 MiB into a fresh one cost 5.8-6.8
+    ms of CPU here, against 3.5 ms for private memory and 0.53-0.57 ms for
+    private memory in 2 MiB pages (0.23 ms into one already written).
+    """
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux only; elsewhere, 4 KiB pages
+        with contextlib.suppress(OSError):  # a kernel built without transparent huge pages
+            buffer.madvise(mmap.MADV_HUGEPAGE)
+    return buffer
+
+
 def _unreferenced(buffer: mmap.mmap) -> bool:
     """Whether no view of ``buffer`` is left anywhere.
 
@@ -96,6 +112,9 @@ class _Reader(asyncio.BufferedProtocol):
     kernel hands out a fresh mapping's pages one fault at a time, which cost
     a worker more than the copy itself (3.2 against 0.8 ms of CPU to read an
     11-image CNN trip of 6.6 MB). A buffer still referred to is never reused.
+    Under load the trips' sizes vary (0.2 to 16 MiB for the CNN) and several
+    are held at once, so new buffers are still needed; those are private
+    memory in huge pages (``_private_buffer``), which fault in cheaply.
     """
 
     def __init__(self) -> None:
@@ -178,7 +197,7 @@ class _Reader(asyncio.BufferedProtocol):
         if fitting:
             return min(fitting, key=len)
         # Sizes in powers of two, so that frames of similar sizes share buffers.
-        buffer = mmap.mmap(-1, 1 << (length - 1).bit_length())
+        buffer = _private_buffer(1 << (length - 1).bit_length())
         for small in sorted(free, key=len):  # make room: free ones too small to serve it
             if sum(map(len, self._kept)) + len(buffer) <= KEPT_BYTES:
                 break

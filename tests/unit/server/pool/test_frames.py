@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import shutil
 import socket
 import struct
@@ -768,3 +769,49 @@ def test_a_frame_larger_than_the_kept_bytes_is_not_kept() -> None:
 
     assert reader.payloads[0].obj is not buffer
     assert reader.payloads[0] == b"\x02" * size
+
+
+def _mapping_of(buffer: memoryview) -> dict[str, str]:
+    """The ``/proc/self/smaps`` entry of the mapping ``buffer`` starts in: its flags and sizes."""
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    for number, line in enumerate(lines):
+        span, _, rest = line.partition(" ")
+        if "-" not in span or ":" in span:
+            continue
+        low, high = (int(part, 16) for part in span.split("-"))
+        if low <= address < high:
+            entry = {"perms": rest.split()[0]}
+            for field in lines[number + 1 :]:
+                key, _, value = field.partition(":")
+                if " " in key or "-" in key:
+                    break
+                entry[key] = value.strip()
+            return entry
+    raise AssertionError("no mapping holds the buffer")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc")
+def test_a_large_frame_is_read_into_private_memory() -> None:
+    """Not a shared mapping: shmem is faulted in a page at a time, several times slower."""
+    reader = _Holder()
+    _deliver(reader, payload := np.random.default_rng(2).bytes(5 * 1024 * 1024), 1)
+
+    assert reader.payloads[0] == payload
+    assert _mapping_of(reader.payloads[0])["perms"] == "rw-p"
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(
+    not THP.exists() or "[never]" in THP.read_text(),
+    reason="this kernel offers no transparent huge pages",
+)
+def test_a_large_frame_is_read_into_huge_pages() -> None:
+    """A 5 MiB frame lands in 2 MiB pages, which the kernel hands out a few faults at a time."""
+    reader = _Holder()
+    _deliver(reader, np.random.default_rng(3).bytes(5 * 1024 * 1024), 1)
+
+    huge_kib = int(_mapping_of(reader.payloads[0])["AnonHugePages"].split()[0])
+    assert huge_kib >= 2048
