@@ -38,11 +38,13 @@ import argparse
 import contextlib
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,7 +62,7 @@ from load import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 ISSUE = {"asgi": (32_000, 48_000), "grpc": (6_000, 6_500)}
 """The issue's figures for one and two processes (req/s)."""
@@ -131,12 +133,14 @@ def bare_asgi(
     rounds: int = 1,
     body: Body | None = None,
     cost: list[float] | None = None,
+    load_cost: list[float] | None = None,
 ) -> list[Point]:
     """``rounds`` wrk runs at ``connections`` against the bare app in ``processes`` workers.
 
     ``body`` defaults to the digits model's JSON request. With ``cost``, the
     one server process runs on one CPU and ``wrk`` on another, and the
-    server's CPU milliseconds per request of each round are appended to it.
+    server's CPU milliseconds per request of each round are appended to it
+    (``wrk``'s own to ``load_cost``, when given).
     """
     port = free_port()
     body = body or v2_json("digits", np.full((1, 64), 0.5, np.float32))
@@ -169,11 +173,13 @@ def bare_asgi(
             url = f"http://127.0.0.1:{port}"
             points = []
             for _ in range(rounds):
-                with _apart(server.pid, cost) as used:
+                with _apart(server.pid, cost) as spent:
                     point = wrk(url, body, "-", connections=connections, seconds=seconds)
                 points.append(point)
                 if cost is not None:
-                    cost.append(used() / (point.rate * seconds) * 1000)
+                    cost.append(spent.server / (point.rate * seconds) * 1000)
+                if load_cost is not None:
+                    load_cost.append(spent.load / (point.rate * seconds) * 1000)
         finally:
             server.terminate()
             server.wait(30)
@@ -190,26 +196,43 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@dataclass
+class Spent:
+    """CPU seconds used inside an ``_apart`` block (filled in when it ends)."""
+
+    server: float = 0.0
+    """By the server process, every thread."""
+    load: float = 0.0
+    """By the load generators run (and waited for) inside the block."""
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @contextlib.contextmanager
-def _apart(pid: int, measured: object) -> Iterator[Callable[[], float]]:
+def _apart(pid: int, measured: object) -> Iterator[Spent]:
     """``pid`` on the first CPU, load generators started inside on the last.
 
-    Only when ``measured`` is not None (otherwise nothing moves). Yields what
-    gives the CPU seconds ``pid`` used inside the block, once it is over.
+    Only when ``measured`` is not None (otherwise nothing moves). Yields the
+    CPU seconds ``pid`` and the load generators used inside the block, once
+    it is over.
     """
+    spent = Spent()
     if measured is None:
-        yield lambda: 0.0
+        yield spent
         return
     mine = os.sched_getaffinity(0)
     cpus = sorted(mine)
     os.sched_setaffinity(pid, {cpus[0]})
     os.sched_setaffinity(0, {cpus[-1]})  # the load generator inherits it
-    used = [0.0]
-    before = _cpu_seconds(pid)
+    server, load = _cpu_seconds(pid), _children_cpu()
     try:
-        yield lambda: used[0]
+        yield spent
     finally:
-        used[0] = _cpu_seconds(pid) - before
+        spent.server = _cpu_seconds(pid) - server
+        spent.load = _children_cpu() - load
         os.sched_setaffinity(0, mine)
 
 
@@ -242,12 +265,13 @@ def bare_grpc(
     *,
     message: bytes | None = None,
     cost: list[float] | None = None,
+    load_cost: list[float] | None = None,
 ) -> float:
     """Calls/s of a bare ``grpc.aio`` unary handler in ``processes`` processes on one port.
 
     ``message`` (a gRPC frame) defaults to the digits model's request. With
     ``cost`` (one process), as in ``bare_asgi``: the server's CPU
-    milliseconds per call are appended to it.
+    milliseconds per call are appended to it, and ``h2load``'s to ``load_cost``.
     """
     port = free_port()
     servers = [
@@ -257,7 +281,7 @@ def bare_grpc(
     try:
         wait_listening(port)
         time.sleep(1)
-        with tempfile.TemporaryDirectory() as tmp, _apart(servers[0].pid, cost) as used:
+        with tempfile.TemporaryDirectory() as tmp, _apart(servers[0].pid, cost) as spent:
             frame = Path(tmp) / "frame"
             frame.write_bytes(message or grpc_frame("digits", np.full((1, 64), 0.5, np.float32)))
             threads = "1" if cost is not None else "2"
@@ -282,8 +306,11 @@ def bare_grpc(
     if rate is None or failed is None or int(failed.group(1)) or int(failed.group(2)):
         msg = f"h2load against the bare gRPC server did not finish cleanly:\n{result.stdout}"
         raise SystemExit(msg)
+    calls = float(rate.group(1)) * seconds
     if cost is not None:
-        cost.append(used() / (float(rate.group(1)) * seconds) * 1000)
+        cost.append(spent.server / calls * 1000)
+    if load_cost is not None:
+        load_cost.append(spent.load / calls * 1000)
     return float(rate.group(1))
 
 
@@ -295,33 +322,59 @@ def transport_floor(seconds: float) -> None:
     call besides the model; with the ceiling at ``R`` rows/s on ``n`` CPUs,
     each row costs ``n / R`` CPU seconds in the interpreter, so the server
     reaches at most ``1 / (1 + c * R / n)`` of the ceiling, if nothing else
-    cost anything (no auth, no hop to a worker, no load generator). The
-    bare gRPC handler does not even decode the message; the bare REST app
-    parses the JSON header and views the tensor, as any server must.
+    cost anything (no auth, no hop to a worker). The bare gRPC handler does
+    not even decode the message; the bare REST app parses the JSON header
+    and views the tensor, as any server must.
+
+    ``bench/load.py`` runs its load generator on the same CPUs, so its CPU
+    per call counts too: the last column is what is left per call, for
+    everything a real server does beyond the bare transport, at 90%
+    (``c`` at most ``n / (9 R)`` in all).
     """
     row = MODELS["cnn"][1]
     image = np.random.default_rng(0).random((1, *row), dtype=np.float32)
-    rest: list[float] = []
-    grpc: list[float] = []
+    costs: dict[str, tuple[list[float], list[float]]] = {
+        "bare uvicorn, REST (wrk)": ([], []),
+        "bare grpc.aio (h2load)": ([], []),
+    }
+    rest, grpc = costs.values()
     for _ in range(2):
-        bare_asgi(1, seconds, body=v2_binary("cnn", image), cost=rest)
-        bare_grpc(1, seconds, message=grpc_frame("cnn", image), cost=grpc)
+        bare_asgi(1, seconds, body=v2_binary("cnn", image), cost=rest[0], load_cost=rest[1])
+        bare_grpc(1, seconds, message=grpc_frame("cnn", image), cost=grpc[0], load_cost=grpc[1])
     print(
         f"\nCPU per CNN request ({image.nbytes:,} bytes of input), one bare server process on "
         f"one CPU, the load generator on another: REST (uvicorn, binary tensors) "
-        f"{_ms_range(rest)} ms, gRPC (grpc.aio) {_ms_range(grpc)} ms"
+        f"{_ms_range(rest[0])} ms, wrk {_ms_range(rest[1])} ms; gRPC (grpc.aio) "
+        f"{_ms_range(grpc[0])} ms, h2load {_ms_range(grpc[1])} ms"
     )
     if not CNN_FILE.exists():
         print("(no cached CNN: run bench/load.py once to build it, for the share below)")
         return
     processes = len(os.sched_getaffinity(0))
     rate = ceiling(CNN_FILE.read_bytes(), (CNN_BATCH, *row), min(seconds, 5), processes)
-    print(f"the CNN's in-process ceiling at batch {CNN_BATCH}: {rate:.0f} rows/s")
-    print("\n| transport | CPU ms per CNN request | most of the ceiling a server can reach |")
-    print("|---|---|---|")
-    for name, costs in (("bare uvicorn, REST", rest), ("bare grpc.aio", grpc)):
-        shares = [1 / (1 + cost / 1000 * rate / processes) for cost in costs]
-        print(f"| {name} | {_ms_range(costs)} | {min(shares):.1%}-{max(shares):.1%} |")
+    budget = processes / (9 * rate) * 1000
+    print(
+        f"the CNN's in-process ceiling at batch {CNN_BATCH}: {rate:.0f} rows/s, so 90% of it "
+        f"leaves {budget:.2f} ms of CPU per call for everything besides the model"
+    )
+    print(
+        "\n| transport | server CPU ms per CNN request | load generator CPU ms "
+        "| most of the ceiling a server can reach | and with the load generator "
+        "| left per call at 90% |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, (server, load) in costs.items():
+        alone = [1 / (1 + cost / 1000 * rate / processes) for cost in server]
+        both = [
+            1 / (1 + (cost + extra) / 1000 * rate / processes)
+            for cost, extra in zip(server, load, strict=True)
+        ]
+        left = [budget - cost - extra for cost, extra in zip(server, load, strict=True)]
+        print(
+            f"| {name} | {_ms_range(server)} | {_ms_range(load)} "
+            f"| {min(alone):.1%}-{max(alone):.1%} | {min(both):.1%}-{max(both):.1%} "
+            f"| {_ms_range(left)} ms |"
+        )
 
 
 def _ms_range(values: list[float]) -> str:
