@@ -173,7 +173,7 @@ class Gateway:
             log_config=None,
             access_log=False,
             lifespan="off",
-            http=gateway_protocol(fastpath.refuse_now, self.balancer),
+            http=gateway_protocol(fastpath.refuse_now, self.balancer, fastpath.body_limit),
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
             timeout_keep_alive=settings.http_keepalive_seconds,
         )

@@ -218,6 +218,12 @@ class InferenceFastPath:
         scope.setdefault("state", {})[_ADMISSION] = admission
         return None
 
+    def body_limit(self, scope: Mapping[str, Any]) -> int:
+        """The body limit of an inference call, whose body ``_serve`` reads whole; 0 for others."""
+        if scope.get("method") == "POST" and _match(scope.get("path", "")) is not None:
+            return self._inference.max_request_bytes
+        return 0
+
     def _new_request_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):020x}"
 

@@ -17,6 +17,7 @@ import numpy as np
 import tritonclient.http as httpclient
 
 from protos import inference_pb2, inference_pb2_grpc
+from server.rest.protocol import WHOLE_BODY_BYTES
 from server.service.audit import calls_in
 from tests.digits import DEMO_MODEL, accuracy, digits_test_split, in_process_probabilities
 from tests.functional.conftest import auth_header as _auth
@@ -71,6 +72,26 @@ def test_tritonclient_http(stack) -> None:
     probabilities = result.as_numpy("probabilities")
     np.testing.assert_allclose(probabilities, in_process_probabilities(), rtol=1e-6, atol=1e-7)
     assert accuracy(probabilities) == accuracy(in_process_probabilities())
+
+
+def test_a_request_large_enough_to_arrive_whole_answers_every_row(stack) -> None:
+    """1,350 digits in binary (346 KB): a body the gateway hands over in one piece."""
+    running, _, tokens = stack
+    client = httpclient.InferenceServerClient(url=running.url.removeprefix("http://"))
+    x, _ = digits_test_split()
+    rows = np.concatenate([x, x[::-1], x])
+    assert rows.nbytes >= WHOLE_BODY_BYTES
+    inputs = [httpclient.InferInput("input", list(rows.shape), "FP32")]
+    inputs[0].set_data_from_numpy(rows, binary_data=True)
+    outputs = [httpclient.InferRequestedOutput("probabilities", binary_data=True)]
+    result = client.infer("digits", inputs, outputs=outputs, headers=_auth(tokens))
+    expected = in_process_probabilities()
+    np.testing.assert_allclose(
+        result.as_numpy("probabilities"),
+        np.concatenate([expected, expected[::-1], expected]),
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_tritonclient_grpc(stack, tmp_path) -> None:

@@ -12,7 +12,12 @@ import uvicorn
 import uvloop
 
 from server.rest.fastpath import EarlyAnswer
-from server.rest.protocol import CorkedHttpToolsProtocol, CorkedTransport, gateway_protocol
+from server.rest.protocol import (
+    WHOLE_BODY_BYTES,
+    CorkedHttpToolsProtocol,
+    CorkedTransport,
+    gateway_protocol,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -138,12 +143,12 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @contextlib.asynccontextmanager
 async def _server(
-    protocol: type[CorkedHttpToolsProtocol] = CorkedHttpToolsProtocol,
+    protocol: type[CorkedHttpToolsProtocol] = CorkedHttpToolsProtocol, app: Any = _app
 ) -> AsyncIterator[int]:
     """uvicorn with the corked protocol on a loopback port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(_app, http=protocol, log_config=None, lifespan="off", access_log=False)
+    config = uvicorn.Config(app, http=protocol, log_config=None, lifespan="off", access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
@@ -288,3 +293,107 @@ def test_early_answers_leave_before_the_body_and_keep_the_connection(run) -> Non
             assert SEEN == ["/a", "/slow", "/refuse-later", "/broken"]
 
     run(scenario())
+
+
+RECEIVED: dict[str, list[tuple[int, bool] | str]] = {}
+"""What the recording app got for each path: ``(body bytes, more_body)`` per message."""
+WHOLE_LIMIT = 2 * 1024 * 1024
+
+
+async def _recording_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Read the body as it comes, noting each message; answer with its length."""
+    messages = RECEIVED.setdefault(scope["path"], [])
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            messages.append("disconnect")
+            return
+        size += len(message.get("body", b""))
+        messages.append((len(message.get("body", b"")), message.get("more_body", False)))
+        if not message.get("more_body"):
+            break
+    body = str(size).encode()
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _no_early_answer(scope: Any) -> EarlyAnswer | None:
+    """Every request goes the ordinary way."""
+    del scope
+    return None
+
+
+def _whole_under(scope: Any) -> int:
+    """The body limit ``gateway_protocol`` is given: paths under ``/whole`` have one."""
+    return WHOLE_LIMIT if scope["path"].startswith("/whole") else 0
+
+
+async def _post_slowly(port: int, path: str, size: int, *, send: int | None = None) -> bytes:
+    """POST ``size`` declared bytes (``send`` of them, then close) in 64 KiB steps, 5 ms apart."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n".encode())
+    left = size if send is None else send
+    while left:
+        step = min(left, 65536)
+        writer.write(b"z" * step)
+        await writer.drain()
+        await asyncio.sleep(0.005)
+        left -= step
+    if send is not None:
+        writer.close()
+        return b""
+    answer = await asyncio.wait_for(reader.readuntil(str(size).encode()), 5)
+    writer.close()
+    return answer
+
+
+def test_a_large_body_with_a_limit_reaches_the_app_whole_and_others_in_pieces(run) -> None:
+    """One message for a body between ``WHOLE_BODY_BYTES`` and its limit; uvicorn's way otherwise."""
+    size = 1024 * 1024
+
+    async def scenario() -> None:
+        RECEIVED.clear()
+        protocol = gateway_protocol(_no_early_answer, whole_bodies=_whole_under)
+        async with _server(protocol, _recording_app) as port:
+            assert (await _post_slowly(port, "/whole", size)).startswith(b"HTTP/1.1 200 OK")
+            await _post_slowly(port, "/other", size)  # no limit for it
+            await _post_slowly(port, "/whole-over", WHOLE_LIMIT + 1)  # past its limit
+            await _post_slowly(port, "/whole-small", WHOLE_BODY_BYTES - 1)  # under the threshold
+
+    run(scenario())
+    assert RECEIVED["/whole"] == [(size, False)]
+    for path, length in (("/other", size), ("/whole-over", WHOLE_LIMIT + 1)):
+        pieces = RECEIVED[path]
+        assert len(pieces) > 1
+        assert sum(piece[0] for piece in pieces if isinstance(piece, tuple)) == length
+    assert len(RECEIVED["/whole-small"]) > 1
+
+
+def test_a_whole_body_cut_short_ends_in_a_disconnect_and_the_next_request_is_served(run) -> None:
+    """A client gone mid-body: the app hears so; on another connection a chunked body still works."""
+
+    async def scenario() -> None:
+        RECEIVED.clear()
+        protocol = gateway_protocol(_no_early_answer, whole_bodies=_whole_under)
+        async with _server(protocol, _recording_app) as port:
+            await _post_slowly(port, "/whole-cut", 1024 * 1024, send=300 * 1024)
+            for _ in range(100):
+                if RECEIVED.get("/whole-cut"):
+                    break
+                await asyncio.sleep(0.01)
+            chunked = await _exchange(
+                port,
+                b"POST /whole-chunked HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n0\r\n\r\n"
+                b"POST /whole-next HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nok",
+                until=b"\r\n\r\n2",
+            )
+            assert chunked.count(b"HTTP/1.1 200 OK") == 2
+
+    run(scenario())
+    assert RECEIVED["/whole-cut"] == ["disconnect"]
+    chunked_pieces = RECEIVED["/whole-chunked"]
+    assert sum(piece[0] for piece in chunked_pieces if isinstance(piece, tuple)) == len(b"hello")
+    assert RECEIVED["/whole-next"] == [(2, False)]
