@@ -17,6 +17,9 @@ on the event loop that the other tenants' calls share.
 
 With several gateway processes it passes a connection it has just accepted
 to a gateway holding fewer (``server.rest.balance``), before reading any of it.
+
+And it hands an inference call's large body to the app in one message once
+it is all in (``whole_bodies``), rather than a piece per 64 KiB.
 """
 
 from __future__ import annotations
